@@ -147,13 +147,14 @@ def pack_tokens(texts: Iterable[str], tokenizer, ctx_len: int = 128, prepend_bos
             buf = buf[body:]
     if not got_any: raise ValueError(f"The corpus yielded fewer than {body} tokens: is it empty? Check the text source.")
 
-# %% ../nbs/00_activations.ipynb #8964a309
+# %% ../nbs/00_activations.ipynb #66544bf2
 def token_batches(model, source="shakespeare", ctx_len: int = 128, batch_size: int = 8,
-                  prepend_bos: bool = True) -> Iterator[Tensor]:
-    "Batches `(batch_size, ctx_len)` of packed contexts from `source` for `model`."
+                  prepend_bos: bool = True, skip: int = 0) -> Iterator[Tensor]:
+    "Batches `(batch_size, ctx_len)` of packed contexts from `source` for `model`, after skipping `skip` batches."
     if ctx_len > model.cfg.n_ctx:
         raise ValueError(f"ctx_len={ctx_len} is longer than the model's context ({model.cfg.n_ctx} tokens).")
     ctxs = pack_tokens(text_stream(source), model.tokenizer, ctx_len, prepend_bos)
+    for _ in range(skip * batch_size): next(ctxs, None)   # resuming: tokenize, don't run the model
     while batch := [c for _, c in zip(range(batch_size), ctxs)]:
         if len(batch) < batch_size: return  # drop a last partial batch
         yield torch.stack(batch)
@@ -188,15 +189,15 @@ def capture(model, tokens: Tensor, hook: str = "blocks.6.hook_resid_post", drop:
     if drop is None: drop = special_ids(model.tokenizer)
     return acts[~torch.isin(tokens.reshape(-1).to(acts.device), torch.tensor(drop, device=acts.device))] if drop else acts
 
-# %% ../nbs/00_activations.ipynb #b53ab52b
+# %% ../nbs/00_activations.ipynb #3d9bb939
 def activation_stream(model, hook: str = "blocks.6.hook_resid_post", source="shakespeare", ctx_len: int = 128,
-                      batch_size: int = 8, drop: list[int] | None = None) -> Iterator[Tensor]:
-    "Chunks of captured activations `(n, d)`, one per batch of `batch_size` contexts from `source`."
+                      batch_size: int = 8, drop: list[int] | None = None, skip: int = 0) -> Iterator[Tensor]:
+    "Chunks of captured activations `(n, d)`, one per batch of `batch_size` contexts from `source` (after `skip`)."
     hook_layer(model, hook)  # fail before reading any text
-    for tokens in token_batches(model, source, ctx_len, batch_size):
+    for tokens in token_batches(model, source, ctx_len, batch_size, skip=skip):
         yield capture(model, tokens.to(model.cfg.device), hook, drop)
 
-# %% ../nbs/00_activations.ipynb #98b0a79d
+# %% ../nbs/00_activations.ipynb #e147d009
 class ActivationBuffer:
     "Mix activations from many contexts and yield shuffled `(batch_size, d)` batches, refilling from `source`."
     def __init__(self, source: Iterator[Tensor], batch_size: int = 2048, size: int = 2048 * 32,
@@ -204,10 +205,10 @@ class ActivationBuffer:
         if size < 2 * batch_size: raise ValueError(f"size={size} must be at least twice batch_size={batch_size}.")
         self.source, self.batch_size, self.size, self.scale, self.device = iter(source), batch_size, size, scale, device
         self.gen = torch.Generator().manual_seed(seed)
-        self.store, self.served, self.exhausted = None, 0, False
+        self.store, self.served, self.exhausted, self.n_chunks = None, 0, False, 0
     def __iter__(self): return self
 
-# %% ../nbs/00_activations.ipynb #f4af8682
+# %% ../nbs/00_activations.ipynb #4a9b980f
 @patch
 def _refill(self: ActivationBuffer):
     parts = [] if self.store is None else [self.store]
@@ -215,7 +216,7 @@ def _refill(self: ActivationBuffer):
     while n < self.size and not self.exhausted:
         chunk = next(self.source, None)
         if chunk is None: self.exhausted = True; break
-        parts.append(chunk.to(self.device, torch.float32)); n += len(chunk)
+        parts.append(chunk.to(self.device, torch.float32)); n += len(chunk); self.n_chunks += 1
     store = torch.cat(parts) if parts else torch.empty(0)
     self.store = store[torch.randperm(len(store), generator=self.gen).to(store.device)]
 
@@ -227,6 +228,20 @@ def __next__(self: ActivationBuffer) -> Tensor:
     batch, self.store = self.store[:self.batch_size], self.store[self.batch_size:]
     self.served += self.batch_size
     return batch * self.scale
+
+# %% ../nbs/00_activations.ipynb #e6362044
+@patch
+def state_dict(self: ActivationBuffer) -> dict:
+    "Everything needed to continue this buffer's sequence of batches (with a source skipped by `n_chunks`)."
+    return {"store": self.store, "served": self.served, "exhausted": self.exhausted, "n_chunks": self.n_chunks,
+            "gen": self.gen.get_state(), "scale": self.scale}
+
+@patch
+def load_state_dict(self: ActivationBuffer, state: dict):
+    "Restore a state from `state_dict` (the source must already be positioned `state['n_chunks']` chunks in)."
+    self.store, self.served, self.exhausted, self.n_chunks = state["store"], state["served"], state["exhausted"], state["n_chunks"]
+    self.gen.set_state(state["gen"]); self.scale = state["scale"]
+    return self
 
 # %% ../nbs/00_activations.ipynb #e3680e7b
 def norm_scaling_factor(sample: Tensor) -> float:

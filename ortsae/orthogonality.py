@@ -11,7 +11,7 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, SAE_CLASSES
 
 # %% auto #0
 __all__ = ['DELTA', 'cosine_matrix', 'full_penalty', 'check_chunk_size', 'random_partition', 'chunked_penalty_autograd',
-           'nearest_neighbours', 'pair_penalty', 'chunked_penalty', 'Orthogonal', 'OrtSAE', 'OrtMatryoshkaSAE']
+           'nearest_neighbours', 'pair_cosines', 'chunked_penalty', 'Orthogonal', 'OrtSAE', 'OrtMatryoshkaSAE']
 
 # %% ../nbs/02_orthogonality.ipynb #430076ab
 DELTA = 1e-8  # the guard in Eq. 3 (the paper does not give its value)
@@ -46,31 +46,39 @@ def chunked_penalty_autograd(W: Tensor, chunks: list[Tensor], delta: float = DEL
     "Eq. 4 by autograd through each chunk's full cosine matrix (the reference for `chunked_penalty`)."
     return torch.stack([full_penalty(W[idx], delta) for idx in chunks]).mean()
 
-# %% ../nbs/02_orthogonality.ipynb #932042d3
+# %% ../nbs/02_orthogonality.ipynb #6af6d255
 @torch.no_grad()
 def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA) -> Tensor:
-    "Index of each row's most cosine-similar other row of `W`, searched `tile` rows at a time."
+    "Index of each row's most cosine-similar other row of `W` (Eq. 3's cosine), searched `tile` rows at a time."
+    n = W.norm(dim=1)
+    safe = n.min().pow(2) >= delta                     # then no pair needs the guard
+    Wn = W / n[:, None] if safe else W
     out = torch.empty(len(W), dtype=torch.long, device=W.device)
     for start in range(0, len(W), tile):
         rows = torch.arange(start, min(start + tile, len(W)), device=W.device)
-        C = cosine_matrix(W[rows], W, delta)
+        C = W[rows] @ Wn.T if safe else cosine_matrix(W[rows], W, delta)
         C[torch.arange(len(rows), device=W.device), rows] = float("-inf")   # not yourself
         out[rows] = C.argmax(dim=1)
     return out
 
-# %% ../nbs/02_orthogonality.ipynb #0b3144f8
-def pair_penalty(W: Tensor, nn_idx: Tensor, delta: float = DELTA) -> Tensor:
-    "Mean squared cosine between each row of `W` and its row `nn_idx` (with autograd)."
-    A, B = W, W[nn_idx]
-    return ((A * B).sum(1) / (A.norm(dim=1) * B.norm(dim=1)).clamp_min(delta)).pow(2).mean()
+# %% ../nbs/02_orthogonality.ipynb #78fb35ad
+def pair_cosines(W: Tensor, nn_idx: Tensor, delta: float = DELTA) -> Tensor:
+    "Eq. 3's cosine between each row of `W` and row `nn_idx` of `W` (with autograd)."
+    B = W.index_select(0, nn_idx)
+    return (W * B).sum(1) / (W.norm(dim=1) * B.norm(dim=1)).clamp_min(delta)
 
-# %% ../nbs/02_orthogonality.ipynb #580b1b87
+# %% ../nbs/02_orthogonality.ipynb #bc31d895
 def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generator | None = None,
                     tile: int = 1024, delta: float = DELTA, chunks: list[Tensor] | None = None) -> Tensor:
     "Eq. 4 on the rows of `W` (decoder vectors), fast and exact: no-grad neighbour search, then gathered pairs."
     chunks = random_partition(len(W), chunk_size, generator) if chunks is None else chunks
-    chunks = [c.to(W.device) for c in chunks]
-    return torch.stack([pair_penalty(W[idx], nearest_neighbours(W[idx], tile, delta), delta) for idx in chunks]).mean()
+    nn_idx = torch.empty(len(W), dtype=torch.long, device=W.device)
+    weight = torch.empty(len(W), dtype=W.dtype, device=W.device)
+    for idx in chunks:
+        idx = idx.to(W.device)
+        nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta)]
+        weight[idx] = 1 / (len(chunks) * len(idx))
+    return (weight * pair_cosines(W, nn_idx, delta).pow(2)).sum()
 
 # %% ../nbs/02_orthogonality.ipynb #49785717
 class Orthogonal:

@@ -1,0 +1,117 @@
+"Property tests for the chunked orthogonality penalty and OrtSAE (notebook 02_orthogonality has the walk-through)."
+import pytest, torch
+from hypothesis import given, settings, strategies as st
+from ortsae.orthogonality import (full_penalty, chunked_penalty, chunked_penalty_autograd, random_partition,
+                                  nearest_neighbours, check_chunk_size, OrtSAE, OrtMatryoshkaSAE)
+from ortsae.sae import load_sae
+
+dims = st.integers(2, 12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(2, 60), d=dims, seed=st.integers(0, 10**6), tile=st.integers(1, 64))
+def test_one_chunk_equals_full(m, d, seed, tile):
+    W = torch.randn(m, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    assert torch.allclose(chunked_penalty(W, chunk_size=m, tile=tile), full_penalty(W), atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(4, 80), d=dims, seed=st.integers(0, 10**6), data=st.data())
+def test_fast_equals_autograd_value_and_gradient(m, d, seed, data):
+    chunk = data.draw(st.integers(2, m))
+    try:
+        chunks = random_partition(m, chunk, torch.Generator().manual_seed(seed))
+    except ValueError:
+        return  # a chunk size that leaves single-feature chunks is refused (tested below)
+    W = torch.randn(m, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    W1, W2 = W.clone().requires_grad_(), W.clone().requires_grad_()
+    a = chunked_penalty(W1, chunks=chunks, tile=data.draw(st.integers(1, 32)))
+    b = chunked_penalty_autograd(W2, chunks)
+    a.backward(); b.backward()
+    assert torch.allclose(a, b, atol=1e-12) and torch.allclose(W1.grad, W2.grad, atol=1e-12)
+
+
+def test_gradcheck():
+    W = torch.randn(16, 6, dtype=torch.float64, requires_grad=True)
+    ch = random_partition(16, 8, torch.Generator().manual_seed(3))
+    assert torch.autograd.gradcheck(lambda w: chunked_penalty(w, chunks=ch, tile=5), (W,))
+
+
+def test_zero_row_is_finite():
+    W = torch.randn(10, 4); W[[2, 7]] = 0; W.requires_grad_()
+    p = chunked_penalty(W, chunk_size=10)
+    p.backward()
+    assert torch.isfinite(p) and torch.isfinite(W.grad).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(2, 200), data=st.data())
+def test_partition_covers_every_feature_once(m, data):
+    cs = data.draw(st.integers(2, m))
+    try:
+        parts = random_partition(m, cs, torch.Generator().manual_seed(0))
+    except ValueError as e:
+        assert "chunks of 1 feature" in str(e); return
+    K = -(-m // cs)
+    assert len(parts) == K and torch.equal(torch.cat(parts).sort().values, torch.arange(m))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1 and min(map(len, parts)) >= 2
+
+
+def test_partition_is_fresh_each_call():
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(torch.cat(random_partition(100, 10, g)), torch.cat(random_partition(100, 10, g)))
+
+
+def test_nearest_neighbours_matches_bruteforce():
+    W = torch.randn(57, 5)
+    C = torch.nn.functional.normalize(W, dim=1) @ torch.nn.functional.normalize(W, dim=1).T
+    C.fill_diagonal_(-2)
+    assert torch.equal(nearest_neighbours(W, tile=8), C.argmax(1))
+
+
+@pytest.mark.parametrize("m,cs,msg", [(10, 1, "must be an integer >= 2"), (10, 11, "larger than the dictionary"),
+                                      (3, 2, "chunks of 1 feature"), (10, 2.5, "must be an integer")])
+def test_bad_chunk_sizes(m, cs, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_chunk_size(m, cs)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(gamma=-1), "gamma=-1"), (dict(gamma=float("nan")), "gamma=nan"),
+                                    (dict(every=0), "every=0"), (dict(chunk_size=65), "chunk_size=65")])
+def test_ortsae_bad_settings(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        OrtSAE(8, 64, k=3, **kw)
+
+
+def test_ortsae_loss_adds_gamma_penalty():
+    sae = OrtSAE(8, 64, k=3, gamma=0.5, chunk_size=16)
+    out = sae.loss(torch.randn(16, 8))
+    assert torch.allclose(out["loss"], out["mse"] + sae.aux_coef * out["aux"] + 0.5 * out["ortho"], atol=1e-6)
+
+
+def test_ortsae_checkpoint_resumes_partitions(tmp_path):
+    a = OrtSAE(8, 64, k=3, chunk_size=16, penalty_seed=5)
+    for _ in range(3): a.loss(torch.randn(16, 8))
+    torch.save(a.state_dict(), tmp_path / "ckpt.pt")
+    b = OrtSAE(8, 64, k=3, chunk_size=16, penalty_seed=5)
+    b.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
+    assert b.n_steps == 3 and torch.equal(a.rng.get_state(), b.rng.get_state())
+
+
+def test_ort_matryoshka_saves_as_its_class(tmp_path):
+    s = OrtMatryoshkaSAE(8, 64, k=3, group_sizes=[16, 16, 32], gamma=0.1, chunk_size=32, every=5)
+    s.encode(torch.randn(32, 8))
+    s.save(tmp_path)
+    back = load_sae(tmp_path)
+    assert type(back) is OrtMatryoshkaSAE and back.config() == s.config()
+
+
+def test_penalty_gradient_is_bit_reproducible():
+    "Needed for bit-identical resume: the same W gives the same gradient, every time (d large enough to go parallel)."
+    W = torch.nn.functional.normalize(torch.randn(2048, 576, generator=torch.Generator().manual_seed(0)), dim=1)
+    grads = []
+    for _ in range(4):
+        Wi = W.clone().requires_grad_()
+        chunked_penalty(Wi, 512, torch.Generator().manual_seed(1)).backward()
+        grads.append(Wi.grad)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

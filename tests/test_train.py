@@ -1,0 +1,144 @@
+"Integration tests for training: a killed run resumes bit-identically, bad input is refused with the reason."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+
+CLI = [sys.executable, "-c", "import sys; from ortsae.cli import main; sys.exit(main())"]
+from ortsae.activations import write_shards
+from ortsae.train import TrainConfig, make_config, train, memory_needed, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    "Cached activations with some structure (sparse sums of 200 directions in 48 dims)."
+    d = tmp_path_factory.mktemp("acts")
+    g = torch.Generator().manual_seed(0)
+    F = torch.nn.functional.normalize(torch.randn(200, 48, generator=g), dim=1)
+    def chunks():
+        for i in range(40):
+            idx = torch.rand(1000, 200, generator=g).topk(4, dim=1).indices
+            yield torch.zeros(1000, 200).scatter(1, idx, torch.rand(1000, 4, generator=g) + 0.5) @ F * 3
+    write_shards(chunks(), d, shard_rows=5000)
+    return d
+
+
+def _cfg(shards, **kw):
+    base = dict(source=f"shards:{shards}", total_tokens=256 * 60, batch_size=256, d_sae=256, chunk_size=64, k=6,
+                buffer_size=2048, log_every=5, checkpoint_every=10, n_scale=512, warmup_steps=5, dead_after=2000)
+    return make_config("smoke", **{**base, **kw})
+
+
+def _weights(run):
+    return {(k, n): t for k, s in run.saes.items() for n, t in s.state_dict().items() if torch.is_tensor(t)}
+
+
+def test_killed_run_resumes_bit_identical(shards, tmp_path):
+    cfg = _cfg(shards, total_tokens=256 * 150, checkpoint_every=20)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    # a real kill: start the CLI in a subprocess, SIGKILL it once a mid-way checkpoint exists
+    cfg.save(tmp_path / "cfg.json")
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(CLI + ["train", "--config", str(tmp_path / "cfg.json"),
+                             "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt, t0 = run_dir / "checkpoint.pt", time.time()
+    while time.time() - t0 < 120:
+        if ckpt.exists():
+            try:
+                if torch.load(ckpt, weights_only=False)["step"] >= 60: break
+            except Exception:
+                pass
+        if proc.poll() is not None: break
+        time.sleep(0.05)
+    killed_early = proc.poll() is None
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    step = torch.load(ckpt, weights_only=False)["step"]
+    assert killed_early and 60 <= step < 150, f"the run should be killed mid-way (checkpoint at {step})"
+    resumed = train(cfg, run_dir, resume=True, progress=False)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(l)["step"] for l in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 150  # no step logged twice
+
+
+def test_run_folder_is_complete(shards, tmp_path):
+    run = train(_cfg(shards), tmp_path / "r", progress=False)
+    files = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"config.json", "log.jsonl", "checkpoint.pt", "summary.json", "training.png", "saes"} <= files
+    for k in run.cfg.saes:
+        assert (tmp_path / "r" / "saes" / k / "cfg.json").exists()
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["steps"] == 60 and set(s["saes"]) == {"batchtopk", "matryoshka", "ortsae"}
+
+
+def test_same_seed_same_run(shards, tmp_path):
+    a = train(_cfg(shards, total_tokens=256 * 20), tmp_path / "a", progress=False)
+    b = train(_cfg(shards, total_tokens=256 * 20), tmp_path / "b", progress=False)
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_corrupt_checkpoint_is_refused_and_kept(shards, tmp_path):
+    cfg = _cfg(shards)
+    train(cfg, tmp_path / "r", stop_at=10, progress=False)
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt or unreadable"):
+        train(cfg, tmp_path / "r", resume=True, progress=False)
+    assert ckpt.read_bytes() == b"not a checkpoint"
+
+
+def test_mismatched_checkpoint_is_refused(shards, tmp_path):
+    train(_cfg(shards), tmp_path / "r", stop_at=10, progress=False)
+    with pytest.raises(ValueError, match="different run.*'k'"):
+        train(_cfg(shards, k=4), tmp_path / "r", resume=True, progress=False)
+
+
+def test_folder_with_other_run_needs_overwrite(shards, tmp_path):
+    train(_cfg(shards), tmp_path / "r", stop_at=10, progress=False)
+    with pytest.raises(ValueError, match="holds a different run"):
+        train(_cfg(shards, k=4), tmp_path / "r", progress=False)
+    run = train(_cfg(shards, k=4), tmp_path / "r", overwrite=True, stop_at=5, progress=False)
+    assert run.step == 5
+
+
+def test_resume_without_checkpoint(shards, tmp_path):
+    with pytest.raises(FileNotFoundError, match="Nothing to resume"):
+        train(_cfg(shards), tmp_path / "nothing", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(k=300), "k=300 is larger than the dictionary"),
+                                    (dict(saes=["batchtopk", "relu"]), "Unknown SAE kind 'relu'"),
+                                    (dict(chunk_size=1), "chunk_size=1"),
+                                    (dict(batch_size=2**24, d_sae=2**16, chunk_size=8192), "reduce batch_size")])
+def test_bad_configs(shards, tmp_path, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        train(_cfg(shards, **kw), tmp_path / "r", progress=False)
+
+
+def test_config_json_errors(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"k": 32, "gama": 0.5}))
+    with pytest.raises(ValueError, match="Unknown config field.*'gama'"):
+        TrainConfig.load(tmp_path / "c.json")
+    (tmp_path / "c.json").write_text(json.dumps({"lr": "fast"}))
+    with pytest.raises(ValueError, match="'lr' should be"):
+        TrainConfig.load(tmp_path / "c.json")
+    (tmp_path / "c.json").write_text(json.dumps({"saes": ["ortsae", 3]}))
+    with pytest.raises(ValueError, match="'saes' should be"):
+        TrainConfig.load(tmp_path / "c.json")
+
+
+def test_hook_the_model_lacks(tmp_path):
+    with pytest.raises(ValueError, match="out of range"):
+        train(make_config("smoke", hook="blocks.40.hook_resid_post"), tmp_path / "r", progress=False)
+
+
+def test_memory_estimate_grows_with_batch():
+    small, big = make_config("smoke"), make_config("smoke", batch_size=4096)
+    assert memory_needed(big, 576) > memory_needed(small, 576)
+
+
+def test_cli_help():
+    out = subprocess.run(CLI + ["train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--gamma" in out.stdout and "--resume" in out.stdout
+    out = subprocess.run(CLI + ["train", "--preset", "huge"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Unknown preset 'huge'" in out.stderr
