@@ -229,6 +229,13 @@ def __next__(self: ActivationBuffer) -> Tensor:
     self.served += self.batch_size
     return batch * self.scale
 
+# %% ../nbs/00_activations.ipynb #2cdf6aa3
+@patch
+def peek(self: ActivationBuffer, n: int = 4096) -> Tensor:
+    "Up to `n` scaled rows from the buffer's store, without consuming them."
+    if self.store is None: self._refill()
+    return self.store[:n] * self.scale
+
 # %% ../nbs/00_activations.ipynb #e6362044
 @patch
 def state_dict(self: ActivationBuffer) -> dict:

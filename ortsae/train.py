@@ -275,7 +275,7 @@ def _log_line(run: Run, logs: dict, t0: float) -> dict:
 def _postfix(logs: dict) -> str:
     return " | ".join(f"{k}: L {v['loss']:.3f} L0 {v['l0']:.0f} EV {v['ev']:.2f} dead {v['dead']:.0%}" for k, v in logs.items())
 
-# %% ../nbs/03_training.ipynb #6a383d92
+# %% ../nbs/03_training.ipynb #bf0e53cb
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
           stop_at: int | None = None, progress: bool = True) -> Run:
     "Train every SAE in `cfg.saes` on one activation stream; write logs, checkpoints and the final SAEs to `run_dir`."
@@ -285,7 +285,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     run = Run(cfg, run_dir)
     run.restore(state) if state else run.setup()
     if state is None:
-        for sae in run.saes.values(): sae.init_b_dec(run.buffer.store if run.buffer.store is not None else next(run.buffer))
+        sample = run.buffer.peek(cfg.n_scale)          # scaled, like the batches; nothing is consumed
+        for sae in run.saes.values(): sae.init_b_dec(sample)
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     bar, t0 = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not progress, dynamic_ncols=True), time.perf_counter()
     with open(run_dir / "log.jsonl", "a") as log:
