@@ -64,12 +64,13 @@ def main():
     p.add_argument("--step-k", type=int, default=64)
     p.add_argument("--steps", type=int, default=10, help="timed training steps (a multiple of 5)")
     p.add_argument("--quick", action="store_true", help="m up to 8192, chunk 2048, smaller training step")
+    p.add_argument("--steps-only", action="store_true", help="skip the penalty table, time the training steps only")
     a = p.parse_args()
     if a.quick: a.sizes, a.chunk, a.full_max, a.step_m, a.step_B, a.steps = [2048, 4096, 8192], 2048, 8192, 4096, 1024, 10
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d_in={a.d}, chunk={a.chunk}")
     print(f"{'m':>6} | {'(a) autograd s':>14} {'MiB':>7} | {'(b) fast s':>10} {'MiB':>7} | {'(c) full s':>10} {'MiB':>7} |"
           f" {'a/b time':>8} {'a/b mem':>8}")
-    for m in a.sizes:
+    for m in ([] if a.steps_only else a.sizes):
         chunk = min(a.chunk, m)
         ra, rb = penalty_case("autograd", m, a.d, chunk, a.reps), penalty_case("fast", m, a.d, chunk, a.reps)
         rc = penalty_case("full", m, a.d, m, 1) if m <= a.full_max else {"s": float("nan"), "peak_mib": float("nan")}

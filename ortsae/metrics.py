@@ -12,10 +12,10 @@ from .sae import BatchTopKSAE, batch_topk, check_input, load_sae
 from .orthogonality import cosine_matrix
 
 # %% auto #0
-__all__ = ['THRESHOLDS', 'core_metrics', 'plot_density', 'ce_kl_scores', 'max_cosines', 'mean_cos_sim', 'clustering_coefficient',
-           'composition_rate', 'unique_fraction', 'plot_comparison', 'absorption_scores', 'letter_words', 'icl_prompt',
-           'letter_activations', 'train_probe', 'f1_scores', 'main_latents', 'letter_data', 'first_letter_absorption',
-           'evaluate_run', 'table1']
+__all__ = ['THRESHOLDS', 'core_metrics', 'plot_density', 'ce_kl_baseline', 'ce_kl_scores', 'max_cosines', 'mean_cos_sim',
+           'clustering_coefficient', 'composition_rate', 'unique_fraction', 'plot_comparison', 'absorption_scores',
+           'letter_words', 'icl_prompt', 'letter_activations', 'train_probe', 'f1_scores', 'main_latents',
+           'letter_data', 'first_letter_absorption', 'evaluate_run', 'table1']
 
 # %% ../nbs/04_metrics.ipynb #96672f8d
 @torch.no_grad()
@@ -56,21 +56,36 @@ def _splice(fn, keep: Tensor):
         return torch.where(keep[..., None], act, new)
     return hook
 
-# %% ../nbs/04_metrics.ipynb #062e88a4
+# %% ../nbs/04_metrics.ipynb #96c24a2d
+def _ce(logits: Tensor, tokens: Tensor) -> float:
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten()).item()
+
+def _kl(logp0: Tensor, logits: Tensor) -> float:
+    return (logp0.exp() * (logp0 - logits.log_softmax(-1).float())).sum(-1).mean().item()
+
+def _run_spliced(model, tokens, hook, fn, keep_ids):
+    keep = torch.isin(tokens, torch.tensor(keep_ids or [], device=tokens.device, dtype=tokens.dtype))
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook, _splice(fn, keep))])
+
+# %% ../nbs/04_metrics.ipynb #25b5c109
 @torch.no_grad()
-def ce_kl_scores(model, sae, tokens: Tensor, hook: str, keep_ids: list[int] | None = None) -> dict:
-    "CE-loss and KL scores of splicing `sae` into `model` at `hook`, against zero ablation, on `tokens` `(B, T)`."
-    clean = model(tokens)
-    d_model = model.cfg.d_model
-    if sae.d_in != d_model and "resid" in hook:
-        raise ValueError(f"The SAE reads {sae.d_in}-dimensional activations but {hook} has width {d_model}.")
-    keep = torch.isin(tokens, torch.tensor(keep_ids if keep_ids is not None else [], device=tokens.device))
-    def run(fn): return model.run_with_hooks(tokens, fwd_hooks=[(hook, _splice(fn, keep))])
-    ce = lambda logits: torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten()).item()
+def ce_kl_baseline(model, tokens: Tensor, hook: str, keep_ids: list[int] | None = None) -> dict:
+    "Clean log-probs, clean CE, and CE and KL under zero ablation at `hook`, for `tokens` `(B, T)`."
+    clean, zero = model(tokens), _run_spliced(model, tokens, hook, torch.zeros_like, keep_ids)
     logp0 = clean.log_softmax(-1).float()
-    kl = lambda logits: (logp0.exp() * (logp0 - logits.log_softmax(-1).float())).sum(-1).mean().item()
-    with_sae, zero = run(lambda a: sae(a)), run(torch.zeros_like)
-    r = dict(ce_clean=ce(clean), ce_sae=ce(with_sae), ce_zero=ce(zero), kl_sae=kl(with_sae), kl_zero=kl(zero))
+    return dict(tokens=tokens, hook=hook, keep_ids=keep_ids, logp0=logp0, ce_clean=_ce(clean, tokens),
+                ce_zero=_ce(zero, tokens), kl_zero=_kl(logp0, zero))
+
+# %% ../nbs/04_metrics.ipynb #9a447e89
+@torch.no_grad()
+def ce_kl_scores(model, sae, tokens: Tensor, hook: str, keep_ids: list[int] | None = None, baseline: dict | None = None) -> dict:
+    "CE-loss and KL scores of splicing `sae` into `model` at `hook`, against zero ablation, on `tokens` `(B, T)`."
+    if sae.d_in != model.cfg.d_model and "resid" in hook:
+        raise ValueError(f"The SAE reads {sae.d_in}-dimensional activations but {hook} has width {model.cfg.d_model}.")
+    b = baseline or ce_kl_baseline(model, tokens, hook, keep_ids)
+    with_sae = _run_spliced(model, tokens, hook, lambda a: sae(a), keep_ids)
+    r = dict(ce_clean=b["ce_clean"], ce_sae=_ce(with_sae, tokens), ce_zero=b["ce_zero"], kl_sae=_kl(b["logp0"], with_sae),
+             kl_zero=b["kl_zero"])
     r["ce_score"] = (r["ce_zero"] - r["ce_sae"]) / (r["ce_zero"] - r["ce_clean"])
     r["kl_score"] = (r["kl_zero"] - r["kl_sae"]) / r["kl_zero"]
     return r
@@ -90,7 +105,7 @@ def mean_cos_sim(W: Tensor, chunk: int = 2048) -> float:
     "MeanCosSim (paper Eq. 6): mean over latents of the max cosine to another latent."
     return max_cosines(W, chunk=chunk).mean().item()
 
-# %% ../nbs/04_metrics.ipynb #abebedc2
+# %% ../nbs/04_metrics.ipynb #deb796f4
 @torch.no_grad()
 def clustering_coefficient(W: Tensor, threshold: float, chunk: int = 2048) -> tuple[float, float]:
     "Global clustering coefficient and edge density of the graph `cos(W_i, W_j) > threshold` (i != j)."
@@ -101,7 +116,7 @@ def clustering_coefficient(W: Tensor, threshold: float, chunk: int = 2048) -> tu
         r, c = A.nonzero(as_tuple=True); rows.append(r + s); cols.append(c)
     r, c = torch.cat(rows), torch.cat(cols)
     deg = torch.bincount(r, minlength=m).double()
-    A = torch.sparse_coo_tensor(torch.stack([r, c]), torch.ones(len(r), dtype=torch.float64), (m, m)).coalesce()
+    A = torch.sparse_coo_tensor(torch.stack([r, c]), torch.ones(len(r), dtype=torch.float64), (m, m), check_invariants=True).coalesce()
     tr3 = 0.0
     for s in range(0, m, chunk):
         block = (cosine_matrix(W, W[s:s + chunk]) > threshold).double()
@@ -148,14 +163,14 @@ def plot_comparison(results: dict[str, dict], W: dict[str, Tensor] | None = None
     fig.tight_layout()
     return fig
 
-# %% ../nbs/04_metrics.ipynb #9b3c453a
+# %% ../nbs/04_metrics.ipynb #b9d67e9e
 @torch.no_grad()
 def absorption_scores(acts: Tensor, x: Tensor, W_dec: Tensor, probe: Tensor, main: list[int], cos_min: float = 0.1,
                       top_absorbers: int = 3, min_share: float = 0.4, full_cos_min: float = 0.025) -> tuple[Tensor, Tensor]:
-    "Absorption fraction and full-absorption flag per token, from SAE activations `acts`, raw `x` and the probe."
+    "Absorption fraction and full-absorption flag per token, from SAE activations `acts`, `x - b_dec` and the probe."
     p = probe / probe.norm()
     c = W_dec @ p / W_dec.norm(dim=1).clamp_min(1e-12)           # each latent's alignment with the probe
-    pi, P = acts * c, x @ p                                        # contributions along p; the model's own projection
+    pi, P = acts * (W_dec @ p), x @ p                              # contributions along p; the model's own projection
     is_main = torch.zeros(W_dec.shape[0], dtype=torch.bool); is_main[main] = True
     M = pi[:, is_main].sum(1)
     absorbing = pi.masked_fill(is_main | (c < cos_min), 0).clamp_min(0)
@@ -250,7 +265,7 @@ def letter_data(model, hook: str, n_words: int = 3000, min_probe_f1: float = 0.6
                          f"the model spells too poorly at {hook}. Lower min_probe_f1/min_letters, use more words, or a larger model.")
     return dict(words=words, x=x, y=y, split=split, probe=probe, probe_f1=f1, letters=letters)
 
-# %% ../nbs/04_metrics.ipynb #d2a21472
+# %% ../nbs/04_metrics.ipynb #c412c1ae
 @torch.no_grad()
 def first_letter_absorption(sae, data: dict, l1: float = 1e-3) -> dict:
     "Mean absorption fraction and full-absorption rate over the letters in `data` (from `letter_data`)."
@@ -263,7 +278,7 @@ def first_letter_absorption(sae, data: dict, l1: float = 1e-3) -> dict:
             main = main_latents(f[:s], y[:s], f[s:], y[s:], l, sparse.weight[l].argsort(descending=True))
         hits = (y[s:] == l) & (data["probe"](x[s:])[:, l] > 0)            # test words of letter l the probe gets right
         if not hits.any(): continue
-        frac, full = absorption_scores(f[s:][hits], x[s:][hits], sae.W_dec, data["probe"].weight[l], main)
+        frac, full = absorption_scores(f[s:][hits], x[s:][hits] - sae.b_dec, sae.W_dec, data["probe"].weight[l], main)
         per_letter[chr(97 + l)] = dict(absorption=frac.mean().item(), full_absorption=full.float().mean().item(),
                                        n_main=len(main), n_words=int(hits.sum()))
     vals = list(per_letter.values())
@@ -287,7 +302,7 @@ def _heldout(cfg, run_dir: Path, n_tokens: int, device: str):
         acts = torch.cat(parts)
     return acts[:n_tokens], model, skip
 
-# %% ../nbs/04_metrics.ipynb #d2842921
+# %% ../nbs/04_metrics.ipynb #9480b2c7
 def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,
                  absorption_words: int = 3000, min_probe_f1: float = 0.6, min_letters: int = 20,
                  device: str = "cpu", plot: bool = True, letters: dict | None = None) -> dict:
@@ -299,10 +314,11 @@ def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 
     cfg = TrainConfig.load(run_dir / "config.json")
     saes = {p.name: load_sae(p).to(device) for p in sorted((run_dir / "saes").iterdir()) if (p / "cfg.json").exists()}
     acts, model, skip = _heldout(cfg, run_dir, n_tokens, device)
-    tokens = None
+    baselines = []
     if model is not None:
         tb = token_batches(model, cfg.source, min(cfg.ctx_len, 128), cfg.model_batch, skip=skip)
-        tokens = [t.to(device) for _, t in zip(range(ce_batches), tb)]
+        keep = special_ids(model.tokenizer)
+        baselines = [ce_kl_baseline(model, t.to(device), cfg.hook, keep) for _, t in zip(range(ce_batches), tb)]
     out = {"run": str(run_dir), "n_tokens": len(acts), "heldout": skip > 0, "saes": {}, "absorption_error": None}
     if absorption_words and letters is None:
         from ortsae.activations import load_model
@@ -320,8 +336,8 @@ def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 
         if letters:
             a = first_letter_absorption(sae, letters)
             r.update(absorption=a["mean_absorption"], full_absorption=a["mean_full_absorption"], absorption_letters=a["letters"])
-        if tokens:
-            ce = [ce_kl_scores(model, sae, t, cfg.hook, special_ids(model.tokenizer)) for t in tokens]
+        if baselines:
+            ce = [ce_kl_scores(model, sae, b["tokens"], cfg.hook, b["keep_ids"], baseline=b) for b in baselines]
             r.update({k: sum(c[k] for c in ce) / len(ce) for k in ce[0]})
         if "batchtopk" in saes and name != "batchtopk":
             r["unique_vs_batchtopk"] = unique_fraction(W, saes["batchtopk"].W_dec.detach())

@@ -67,7 +67,7 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
     vals, idx = flat.topk(min(pre.shape[0] * k, flat.numel()), sorted=False)
     return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
 
-# %% ../nbs/01_sae.ipynb #096ff634
+# %% ../nbs/01_sae.ipynb #415dc0c6
 @patch
 @torch.no_grad()
 def _update_state(self: BatchTopKSAE, x: Tensor, acts: Tensor):
@@ -79,15 +79,20 @@ def _update_state(self: BatchTopKSAE, x: Tensor, acts: Tensor):
     self.since_fired.add_(len(x)).masked_fill_((acts > 0).any(0), 0)
 
 @patch
-def encode(self: BatchTopKSAE, x: Tensor) -> Tensor:
-    "Sparse latent activations `(B, d_sae)`: batch top-k in training mode, threshold in eval mode."
-    pre = self.pre_acts(x)
+def _sparsify(self: BatchTopKSAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    "Pre-activations, the latents dead *before* this batch (for AuxK), and the sparse activations."
+    pre, dead = self.pre_acts(x), self.since_fired >= self.dead_after
     if not self.training:
         if self.threshold < 0: raise RuntimeError("No inference threshold yet: train the SAE (or encode in train mode).")
-        return pre * (pre > self.threshold)
+        return pre, dead, pre * (pre > self.threshold)
     acts = batch_topk(pre, self.k)
     self._update_state(x, acts)
-    return acts
+    return pre, dead, acts
+
+@patch
+def encode(self: BatchTopKSAE, x: Tensor) -> Tensor:
+    "Sparse latent activations `(B, d_sae)`: batch top-k in training mode, threshold in eval mode."
+    return self._sparsify(x)[2]
 
 # %% ../nbs/01_sae.ipynb #fffe5a04
 @patch
@@ -155,14 +160,11 @@ def explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
     "1 - E|x - x_hat|^2 / (E|x|^2 - |E x|^2): the fraction of the batch's variance reconstructed."
     return 1 - (x - x_hat).pow(2).sum(-1).mean() / (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
 
-# %% ../nbs/01_sae.ipynb #de6a5c2e
+# %% ../nbs/01_sae.ipynb #f4c45451
 @patch
 def loss(self: BatchTopKSAE, x: Tensor) -> dict[str, Tensor]:
     "Named loss terms for a batch: `loss` = `mse` + `aux_coef` * `aux`, plus detached `l0` and `ev`."
-    pre = self.pre_acts(x)
-    dead = self.since_fired >= self.dead_after       # dead before this batch
-    acts = batch_topk(pre, self.k) if self.training else pre * (pre > self.threshold)
-    if self.training: self._update_state(x, acts)
+    pre, dead, acts = self._sparsify(x)
     x_hat = self.decode(acts)
     mse = (x_hat - x).pow(2).mean()
     aux = self.aux_loss(x, x_hat, pre, dead) if self.training else x.new_zeros(())
@@ -191,14 +193,11 @@ def prefix_reconstructions(self: MatryoshkaSAE, acts: Tensor) -> Tensor:
     parts = [a @ W for a, W in zip(acts.split(self.group_sizes, 1), self.W_dec.split(self.group_sizes, 0))]
     return torch.stack(parts).cumsum(0) + self.b_dec
 
-# %% ../nbs/01_sae.ipynb #02c5e958
+# %% ../nbs/01_sae.ipynb #96cacce7
 @patch
 def loss(self: MatryoshkaSAE, x: Tensor) -> dict[str, Tensor]:
     "Named loss terms: `mse` is the mean of the prefixes' MSEs (`mse_full`: the whole dictionary's)."
-    pre = self.pre_acts(x)
-    dead = self.since_fired >= self.dead_after       # dead before this batch
-    acts = batch_topk(pre, self.k) if self.training else pre * (pre > self.threshold)
-    if self.training: self._update_state(x, acts)
+    pre, dead, acts = self._sparsify(x)
     recons = self.prefix_reconstructions(acts)
     mses = (recons - x).pow(2).mean((1, 2))
     aux = self.aux_loss(x, recons[-1], pre, dead) if self.training else x.new_zeros(())
