@@ -145,21 +145,24 @@ def unique_fraction(W_a: Tensor, W_b: Tensor, threshold: float = 0.2, chunk: int
     "Fraction of rows of `W_a` whose max cosine to every row of `W_b` is below `threshold`."
     return (max_cosines(W_a, W_b, chunk) < threshold).float().mean().item()
 
-# %% ../nbs/04_metrics.ipynb #5c38c1f9
+# %% ../nbs/04_metrics.ipynb #031a41cd
 THRESHOLDS = [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8]
 
 def plot_comparison(results: dict[str, dict], W: dict[str, Tensor] | None = None):
     "Pareto (EV vs L0), max-cosine histograms and clustering curves for several SAEs' metric dicts."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.2))
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.2))
     for name, r in results.items():
         ax[0].plot(r["l0"], r["explained_variance"], "o", label=name)
+        if r.get("absorption") is not None: ax[3].plot(r["l0"], r["absorption"], "o", label=name)
         if W is not None: ax[1].hist(max_cosines(W[name]).numpy(), bins=40, range=(-0.1, 1), histtype="step", label=name)
         if "clustering" in r: ax[2].plot([c[1] for c in r["clustering"]], [c[0] for c in r["clustering"]], "o-", label=name)
     ax[0].set(xlabel="L0", ylabel="explained variance", title="reconstruction vs sparsity")
     ax[1].set(xlabel="max cosine to another latent", ylabel="latents", title="MeanCosSim, per latent")
     ax[2].set(xlabel="edge density", ylabel="clustering coefficient", xscale="log", title="clustering (10 thresholds)")
-    for a in ax: a.legend(fontsize=8)
+    ax[3].set(xlabel="L0", ylabel="mean absorption fraction", title="absorption vs sparsity")
+    for a in ax:
+        if a.get_legend_handles_labels()[0]: a.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -265,20 +268,20 @@ def letter_data(model, hook: str, n_words: int = 3000, min_probe_f1: float = 0.6
                          f"the model spells too poorly at {hook}. Lower min_probe_f1/min_letters, use more words, or a larger model.")
     return dict(words=words, x=x, y=y, split=split, probe=probe, probe_f1=f1, letters=letters)
 
-# %% ../nbs/04_metrics.ipynb #c412c1ae
+# %% ../nbs/04_metrics.ipynb #5cb3e8bc
 @torch.no_grad()
-def first_letter_absorption(sae, data: dict, l1: float = 1e-3) -> dict:
-    "Mean absorption fraction and full-absorption rate over the letters in `data` (from `letter_data`)."
+def first_letter_absorption(sae, data: dict, l1: float = 1e-3, max_k: int = 10, jump: float = 0.03, **thresholds) -> dict:
+    "Mean absorption fraction and full-absorption rate over the letters in `data`; `thresholds` go to `absorption_scores`."
     x, y, s = data["x"], data["y"], data["split"]
     f = sae.encode(x)
     with torch.enable_grad(): sparse = train_probe(f[:s], y[:s], l1=l1, epochs=200)
     per_letter = {}
     for l in data["letters"]:
         with torch.enable_grad():
-            main = main_latents(f[:s], y[:s], f[s:], y[s:], l, sparse.weight[l].argsort(descending=True))
+            main = main_latents(f[:s], y[:s], f[s:], y[s:], l, sparse.weight[l].argsort(descending=True), max_k, jump)
         hits = (y[s:] == l) & (data["probe"](x[s:])[:, l] > 0)            # test words of letter l the probe gets right
         if not hits.any(): continue
-        frac, full = absorption_scores(f[s:][hits], x[s:][hits] - sae.b_dec, sae.W_dec, data["probe"].weight[l], main)
+        frac, full = absorption_scores(f[s:][hits], x[s:][hits] - sae.b_dec, sae.W_dec, data["probe"].weight[l], main, **thresholds)
         per_letter[chr(97 + l)] = dict(absorption=frac.mean().item(), full_absorption=full.float().mean().item(),
                                        n_main=len(main), n_words=int(hits.sum()))
     vals = list(per_letter.values())

@@ -15,10 +15,11 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size
 
 # %% auto #0
-__all__ = ['PRESETS', 'SAE_KINDS', 'RUN_FILES', 'TrainConfig', 'make_config', 'build_sae', 'memory_needed', 'check_memory',
-           'lr_factor', 'activation_source', 'atomic_save', 'Run', 'load_checkpoint', 'train', 'finish', 'plot_run']
+__all__ = ['PRESETS', 'SAE_KINDS', 'RUN_FILES', 'TrainConfig', 'make_config', 'parse_kind', 'build_sae', 'memory_needed',
+           'check_memory', 'lr_factor', 'activation_source', 'atomic_save', 'Run', 'load_checkpoint', 'train', 'finish',
+           'plot_run']
 
-# %% ../nbs/03_training.ipynb #c7f6ea90
+# %% ../nbs/03_training.ipynb #e4926109
 @dataclass
 class TrainConfig:
     "Everything a training run needs; the defaults are the paper's."
@@ -55,6 +56,8 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     n_scale: int = 4096                      # activations used to estimate the scaling factor
+    wandb: bool = False                      # also log to Weights & Biases (needs `pip install wandb` and a login)
+    wandb_project: str = "ortsae"
 
 # %% ../nbs/03_training.ipynb #297e4c5d
 PRESETS: dict[str, dict] = {
@@ -101,14 +104,20 @@ def make_config(preset: str = "smoke", **overrides) -> TrainConfig:
     if preset not in PRESETS: raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
     return TrainConfig.from_dict({**PRESETS[preset], **overrides})
 
-# %% ../nbs/03_training.ipynb #4684574e
+# %% ../nbs/03_training.ipynb #79379aee
 SAE_KINDS = {"batchtopk": BatchTopKSAE, "matryoshka": MatryoshkaSAE, "ortsae": OrtSAE, "ort-matryoshka": OrtMatryoshkaSAE}
+
+def parse_kind(kind: str) -> tuple[type, int]:
+    "The class and seed offset of an SAE kind: a name from `SAE_KINDS`, optionally with `-seedN` (e.g. `batchtopk-seed1`)."
+    base, _, n = kind.partition("-seed")
+    if base not in SAE_KINDS or (n and not n.isdigit()):
+        raise ValueError(f"Unknown SAE kind {kind!r}; choose from {sorted(SAE_KINDS)}, optionally with -seedN.")
+    return SAE_KINDS[base], int(n or 0)
 
 def build_sae(kind: str, cfg: TrainConfig, d_in: int):
     "The SAE called `kind` for `cfg` on activations of width `d_in`."
-    if kind not in SAE_KINDS: raise ValueError(f"Unknown SAE kind {kind!r}; choose from {sorted(SAE_KINDS)}.")
-    cls = SAE_KINDS[kind]
-    kw = dict(k=cfg.k, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef, dead_after=cfg.dead_after, seed=cfg.seed)
+    cls, offset = parse_kind(kind)
+    kw = dict(k=cfg.k, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef, dead_after=cfg.dead_after, seed=cfg.seed + offset)
     if issubclass(cls, MatryoshkaSAE): kw["group_sizes"] = cfg.group_sizes
     if issubclass(cls, (OrtSAE, OrtMatryoshkaSAE)):
         kw.update(gamma=cfg.gamma, chunk_size=min(cfg.chunk_size, cfg.d_sae), every=cfg.every, penalty_seed=cfg.seed)
@@ -171,12 +180,12 @@ class Run:
         self.total_steps = cfg.total_tokens // cfg.batch_size
         self.step, self.tokens, self.seconds, self.saes, self.opts, self.scheds, self.buffer = 0, 0, 0.0, {}, {}, {}, None
 
-# %% ../nbs/03_training.ipynb #0ef300fd
+# %% ../nbs/03_training.ipynb #0d122b59
 def _setup(self: Run, skip: int = 0, scale: float | bool = True):
     c = self.cfg
-    for kind in c.saes:
-        if kind not in SAE_KINDS: raise ValueError(f"Unknown SAE kind {kind!r}; choose from {sorted(SAE_KINDS)}.")
+    for kind in c.saes: parse_kind(kind)
     check_sizes(1, c.d_sae, c.k, c.k_aux)
+    if c.k >= c.d_sae: raise ValueError(f"k={c.k} must be smaller than the dictionary (d_sae={c.d_sae}).")
     check_chunk_size(c.d_sae, min(c.chunk_size, c.d_sae))
     torch.manual_seed(c.seed); random.seed(c.seed)
     source, d_in = activation_source(c, self.device, skip)
@@ -275,7 +284,16 @@ def _log_line(run: Run, logs: dict, t0: float) -> dict:
 def _postfix(logs: dict) -> str:
     return " | ".join(f"{k}: L {v['loss']:.3f} L0 {v['l0']:.0f} EV {v['ev']:.2f} dead {v['dead']:.0%}" for k, v in logs.items())
 
-# %% ../nbs/03_training.ipynb #bf0e53cb
+# %% ../nbs/03_training.ipynb #e54e39a2
+def _wandb(cfg: TrainConfig, run_dir: Path):
+    "A Weights & Biases run when `cfg.wandb` (resumed under the same id), else None."
+    if not cfg.wandb: return None
+    try: import wandb
+    except ImportError as e: raise ValueError("wandb=True needs the wandb package: pip install wandb") from e
+    return wandb.init(project=cfg.wandb_project, name=run_dir.name, id=f"ortsae-{abs(hash(str(run_dir.resolve()))):x}",
+                      resume="allow", config=asdict(cfg))
+
+# %% ../nbs/03_training.ipynb #792d0507
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
           stop_at: int | None = None, progress: bool = True) -> Run:
     "Train every SAE in `cfg.saes` on one activation stream; write logs, checkpoints and the final SAEs to `run_dir`."
@@ -287,6 +305,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     if state is None:
         sample = run.buffer.peek(cfg.n_scale)          # scaled, like the batches; nothing is consumed
         for sae in run.saes.values(): sae.init_b_dec(sample)
+    wb = _wandb(cfg, run_dir)
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     bar, t0 = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not progress, dynamic_ncols=True), time.perf_counter()
     with open(run_dir / "log.jsonl", "a") as log:
@@ -295,7 +314,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
             if x is None: print(f"The corpus ran out after {run.tokens:,} tokens."); end = run.step; break
             logs = run.train_step(x)
             if run.step % cfg.log_every == 0 or run.step == end:
-                log.write(json.dumps(_log_line(run, logs, t0)) + "\n"); log.flush()
+                line = _log_line(run, logs, t0)
+                log.write(json.dumps(line) + "\n"); log.flush()
+                if wb: wb.log(line, step=run.step)
                 bar.set_postfix_str(_postfix(logs), refresh=False)
             if run.step % cfg.checkpoint_every == 0 or run.step == end:
                 run.seconds += time.perf_counter() - t0; t0 = time.perf_counter()

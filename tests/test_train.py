@@ -107,6 +107,8 @@ def test_resume_without_checkpoint(shards, tmp_path):
 
 
 @pytest.mark.parametrize("kw,msg", [(dict(k=300), "k=300 is larger than the dictionary"),
+                                    (dict(k=256), "k=256 must be smaller than the dictionary"),
+                                    (dict(saes=["batchtopk-seedx"]), "Unknown SAE kind 'batchtopk-seedx'"),
                                     (dict(saes=["batchtopk", "relu"]), "Unknown SAE kind 'relu'"),
                                     (dict(chunk_size=1), "chunk_size=1"),
                                     (dict(batch_size=2**24, d_sae=2**16, chunk_size=8192), "reduce batch_size")])
@@ -142,3 +144,17 @@ def test_cli_help():
     assert out.returncode == 0 and "--gamma" in out.stdout and "--resume" in out.stdout
     out = subprocess.run(CLI + ["train", "--preset", "huge"], capture_output=True, text=True)
     assert out.returncode == 2 and "Unknown preset 'huge'" in out.stderr
+
+
+def test_seed_variant_differs_only_by_init(shards, tmp_path):
+    run = train(_cfg(shards, saes=["batchtopk", "batchtopk-seed1"], total_tokens=256 * 10), tmp_path / "r", progress=False)
+    a, b = run.saes["batchtopk"], run.saes["batchtopk-seed1"]
+    assert type(a) is type(b) and a.config() == b.config() and not torch.equal(a.W_dec, b.W_dec)
+
+
+def test_wandb_without_package_is_a_clear_error(shards, tmp_path, monkeypatch):
+    import builtins
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda n, *a, **k: (_ for _ in ()).throw(ImportError(n)) if n == "wandb" else real(n, *a, **k))
+    with pytest.raises(ValueError, match="pip install wandb"):
+        train(_cfg(shards, wandb=True), tmp_path / "r", progress=False)
