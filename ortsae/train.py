@@ -307,11 +307,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
         for sae in run.saes.values(): sae.init_b_dec(sample)
     wb = _wandb(cfg, run_dir)
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
+    ran_out = False
     bar, t0 = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not progress, dynamic_ncols=True), time.perf_counter()
     with open(run_dir / "log.jsonl", "a") as log:
         while run.step < end:
             x = next(run.buffer, None)
-            if x is None: print(f"The corpus ran out after {run.tokens:,} tokens."); end = run.step; break
+            if x is None: print(f"The corpus ran out after {run.tokens:,} tokens."); ran_out = True; break
             logs = run.train_step(x)
             if run.step % cfg.log_every == 0 or run.step == end:
                 line = _log_line(run, logs, t0)
@@ -323,7 +324,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
                 atomic_save(run.state(), run_dir / "checkpoint.pt")
             bar.update(1)
     bar.close()
-    if run.step >= run.total_steps or x is None: finish(run)
+    if run.step >= run.total_steps or ran_out: finish(run)
     return run
 
 # %% ../nbs/03_training.ipynb #8d67a1b9

@@ -158,3 +158,15 @@ def test_wandb_without_package_is_a_clear_error(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", lambda n, *a, **k: (_ for _ in ()).throw(ImportError(n)) if n == "wandb" else real(n, *a, **k))
     with pytest.raises(ValueError, match="pip install wandb"):
         train(_cfg(shards, wandb=True), tmp_path / "r", progress=False)
+
+
+def test_resume_with_stop_before_checkpoint_does_nothing(shards, tmp_path):
+    cfg = _cfg(shards)
+    train(cfg, tmp_path / "r", stop_at=20, progress=False)
+    run = train(cfg, tmp_path / "r", resume=True, stop_at=10, progress=False)   # already past step 10
+    assert run.step == 20 and not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_corpus_running_out_still_finishes(shards, tmp_path):
+    run = train(_cfg(shards, total_tokens=10**7), tmp_path / "r", progress=False)
+    assert run.step < run.total_steps and (tmp_path / "r" / "summary.json").exists()
