@@ -13,9 +13,9 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['OFFLINE_MODEL', 'MODELS', 'OFFLINE_INSTALL', 'CORPORA', 'cache_dir', 'offline_gguf', 'offline_model_dir',
-           'load_model', 'tiny_model', 'offline_corpus', 'text_stream', 'pack_tokens', 'token_batches', 'hook_layer',
-           'special_ids', 'capture', 'activation_stream', 'ActivationBuffer', 'norm_scaling_factor', 'scaled_buffer',
-           'activation_buffer', 'write_shards', 'read_shards']
+           'load_model', 'tiny_model', 'offline_corpus', 'text_stream', 'pack_tokens', 'token_batches', 'hook_block',
+           'hook_layer', 'load_model_for_hook', 'special_ids', 'capture', 'activation_stream', 'ActivationBuffer',
+           'norm_scaling_factor', 'scaled_buffer', 'activation_buffer', 'write_shards', 'read_shards']
 
 # %% ../nbs/00_activations.ipynb #bd139d71
 def cache_dir(*parts: str) -> Path:
@@ -160,16 +160,29 @@ def token_batches(model, source="shakespeare", ctx_len: int = 128, batch_size: i
         yield torch.stack(batch)
 
 # %% ../nbs/00_activations.ipynb #445c4f65
+def hook_block(hook: str) -> int | None:
+    "The block index in a hook name (`blocks.6.hook_resid_post` -> 6), None for hooks outside the blocks."
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    return int(m.group(1)) if m else None
+
 def hook_layer(model, hook: str) -> int | None:
     "The block index of `hook` (None for hooks outside the blocks), checking that the model has it."
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    if m and int(m.group(1)) >= model.cfg.n_layers:
-        raise ValueError(f"Layer {m.group(1)} in {hook!r} is out of range: the model has {model.cfg.n_layers} layers "
+    layer = hook_block(hook)
+    if layer is not None and layer >= model.cfg.n_layers:
+        raise ValueError(f"Layer {layer} in {hook!r} is out of range: the model has {model.cfg.n_layers} layers "
                          f"(0..{model.cfg.n_layers - 1}).")
     if hook not in model.hook_dict:
         near = sorted(h for h in model.hook_dict if h.startswith("blocks.0.") or not h.startswith("blocks."))
         raise ValueError(f"Unknown hook {hook!r}. Valid names include (same pattern for every block): {near}")
-    return int(m.group(1)) if m else None
+    return layer
+
+# %% ../nbs/00_activations.ipynb #49500172
+def load_model_for_hook(name: str, hook: str, device: str = "cpu"):
+    "`load_model(name)` cut right after the block of `hook` (whole for hooks outside the blocks), hook checked."
+    layer = hook_block(hook)
+    model = load_model(name, n_layers=None if layer is None else layer + 1, device=device)
+    hook_layer(model, hook)
+    return model
 
 # %% ../nbs/00_activations.ipynb #ff8c9e67
 def special_ids(tokenizer, drop_bos: bool = True, drop_pad: bool = True) -> list[int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, dataclasses, json, sys, time, typing
 from pathlib import Path
 import torch
-from .activations import OFFLINE_MODEL, load_model, activation_stream, hook_layer, norm_scaling_factor, write_shards
+from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, norm_scaling_factor, write_shards
 from .train import TrainConfig, PRESETS, make_config, train
 from .metrics import evaluate_run, table1
 
@@ -18,10 +18,7 @@ __all__ = ['capture_cmd', 'train_cmd', 'main']
 def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_post", source: str = "shakespeare",
                 tokens: int = 20_000, ctx_len: int = 128, batch: int = 8, out: str | None = None) -> dict:
     "Capture `tokens` activations at `hook`, optionally write them to `out`, and return a summary."
-    import re
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    lm = load_model(model, n_layers=int(m.group(1)) + 1 if m else None)
-    hook_layer(lm, hook)
+    lm = load_model_for_hook(model, hook)
     t0, chunks, n = time.perf_counter(), [], 0
     for chunk in activation_stream(lm, hook, source, ctx_len, batch):
         chunks.append(chunk); n += len(chunk)

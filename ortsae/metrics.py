@@ -324,10 +324,9 @@ def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 
         baselines = [ce_kl_baseline(model, t.to(device), cfg.hook, keep) for _, t in zip(range(ce_batches), tb)]
     out = {"run": str(run_dir), "n_tokens": len(acts), "heldout": skip > 0, "saes": {}, "absorption_error": None}
     if absorption_words and letters is None:
-        from ortsae.activations import load_model
-        layer = int(cfg.hook.split(".")[1]) if cfg.hook.startswith("blocks.") else None
-        try: letters = letter_data(load_model(cfg.model, n_layers=None if layer is None else layer + 1, device=device),
-                                   cfg.hook, absorption_words, min_probe_f1, min_letters)
+        from ortsae.activations import load_model_for_hook
+        lm = model if model is not None else load_model_for_hook(cfg.model, cfg.hook, device)   # load once
+        try: letters = letter_data(lm, cfg.hook, absorption_words, min_probe_f1, min_letters)
         except ValueError as e: out["absorption_error"] = str(e)
         if letters: out["probe_f1"] = {chr(97 + l): round(letters["probe_f1"][l].item(), 3) for l in range(26)}
     for name, sae in saes.items():

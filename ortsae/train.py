@@ -4,12 +4,12 @@
 
 # %% ../nbs/03_training.ipynb #fd5353ef
 from __future__ import annotations
-import dataclasses, json, math, os, random, shutil, time, typing
+import dataclasses, json, math, os, random, shutil, time, types, typing
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
 from torch import Tensor
-from .activations import (OFFLINE_MODEL, load_model, activation_stream, read_shards, scaled_buffer, hook_layer,
+from .activations import (OFFLINE_MODEL, load_model_for_hook, activation_stream, read_shards, scaled_buffer,
                                 ActivationBuffer)
 from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size
@@ -75,7 +75,7 @@ PRESETS: dict[str, dict] = {
 def _type_ok(v, tp) -> bool:
     "Does `v` match the annotation `tp` (int, float, str, bool, lists of those, `X | None`)?"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)): return any(_type_ok(v, a) for a in args)
+    if origin in (typing.Union, types.UnionType): return any(_type_ok(v, a) for a in args)
     if tp is type(None): return v is None
     if origin is list: return isinstance(v, list) and all(_type_ok(x, args[0]) for x in v)
     if tp is float: return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -152,16 +152,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, decay_frac: float)
 def activation_source(cfg: TrainConfig, device: str, skip: int = 0):
     "An iterator of activation chunks for `cfg`, fast-forwarded by `skip` chunks, and its width `d_in`."
     if cfg.source.startswith("shards:"):
-        folder = Path(cfg.source[len("shards:"):])
-        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else None
-        if meta is None: raise FileNotFoundError(f"No activation cache in {folder} (meta.json is missing).")
-        chunks = read_shards(folder)
+        chunks = read_shards(cfg.source[len("shards:"):])    # raises if the cache has no meta.json
+        first = next(chunks)
+        chunks = (c for part in ([first], chunks) for c in part)
         for _ in range(skip): next(chunks, None)
-        first = next(read_shards(folder))
         return chunks, first.shape[1]
-    layer = int(cfg.hook.split(".")[1]) if cfg.hook.startswith("blocks.") else None
-    model = load_model(cfg.model, n_layers=None if layer is None else layer + 1, device=device)
-    hook_layer(model, cfg.hook)
+    model = load_model_for_hook(cfg.model, cfg.hook, device)
     return activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), model.cfg.d_model
 
 # %% ../nbs/03_training.ipynb #66cd2d6a
