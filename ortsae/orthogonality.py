@@ -10,8 +10,9 @@ from torch import nn, Tensor
 from .sae import BatchTopKSAE, MatryoshkaSAE, SAE_CLASSES
 
 # %% auto #0
-__all__ = ['DELTA', 'cosine_matrix', 'full_penalty', 'check_chunk_size', 'random_partition', 'chunked_penalty_autograd',
-           'nearest_neighbours', 'pair_cosines', 'chunked_penalty', 'Orthogonal', 'OrtSAE', 'OrtMatryoshkaSAE']
+__all__ = ['DELTA', 'cosine_matrix', 'neighbour_cost', 'full_penalty', 'check_chunk_size', 'random_partition',
+           'chunked_penalty_autograd', 'nearest_neighbours', 'pair_cosines', 'chunked_penalty', 'Orthogonal', 'OrtSAE',
+           'OrtMatryoshkaSAE', 'random_max_cos']
 
 # %% ../nbs/02_orthogonality.ipynb #430076ab
 DELTA = 1e-8  # the guard in Eq. 3 (the paper does not give its value)
@@ -20,12 +21,16 @@ def cosine_matrix(A: Tensor, B: Tensor, delta: float = DELTA) -> Tensor:
     "Cosines between rows of `A` and rows of `B` with Eq. 3's guard `max(|a||b|, delta)`."
     return (A @ B.T) / (A.norm(dim=1)[:, None] * B.norm(dim=1)[None, :]).clamp_min(delta)
 
-def full_penalty(W: Tensor, delta: float = DELTA) -> Tensor:
+def neighbour_cost(c: Tensor, margin: float | None = None) -> Tensor:
+    "Cost of nearest-neighbour cosines `c`: `c**2` (the paper), or `max(0, c - margin)**2` with a margin."
+    return c.pow(2) if margin is None else torch.relu(c - margin).pow(2)
+
+def full_penalty(W: Tensor, delta: float = DELTA, margin: float | None = None, absolute: bool = False) -> Tensor:
     "Mean over rows of `W` of the squared max cosine to any other row. O(m^2): a reference for small `m`."
     if len(W) < 2: raise ValueError(f"Need at least 2 features to compare, got {len(W)}.")
     C = cosine_matrix(W, W, delta)
-    C = C.masked_fill(torch.eye(len(W), dtype=torch.bool, device=W.device), float("-inf"))
-    return C.max(dim=1).values.pow(2).mean()
+    C = (C.abs() if absolute else C).masked_fill(torch.eye(len(W), dtype=torch.bool, device=W.device), float("-inf"))
+    return neighbour_cost(C.max(dim=1).values, margin).mean()
 
 # %% ../nbs/02_orthogonality.ipynb #b4f0e23d
 def check_chunk_size(m: int, chunk_size: int) -> int:
@@ -42,14 +47,14 @@ def random_partition(m: int, chunk_size: int, generator: torch.Generator | None 
     return list(torch.randperm(m, generator=generator).tensor_split(check_chunk_size(m, chunk_size)))
 
 # %% ../nbs/02_orthogonality.ipynb #947d4eff
-def chunked_penalty_autograd(W: Tensor, chunks: list[Tensor], delta: float = DELTA) -> Tensor:
+def chunked_penalty_autograd(W: Tensor, chunks: list[Tensor], delta: float = DELTA, **variant) -> Tensor:
     "Eq. 4 by autograd through each chunk's full cosine matrix (the reference for `chunked_penalty`)."
-    return torch.stack([full_penalty(W[idx], delta) for idx in chunks]).mean()
+    return torch.stack([full_penalty(W[idx], delta, **variant) for idx in chunks]).mean()
 
 # %% ../nbs/02_orthogonality.ipynb #6af6d255
 @torch.no_grad()
-def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA) -> Tensor:
-    "Index of each row's most cosine-similar other row of `W` (Eq. 3's cosine), searched `tile` rows at a time."
+def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA, absolute: bool = False) -> Tensor:
+    "Index of each row's most cosine-similar (`absolute`: largest |cos|) other row of `W`, `tile` rows at a time."
     n = W.norm(dim=1)
     safe = n.min().pow(2) >= delta                     # then no pair needs the guard
     Wn = W / n[:, None] if safe else W
@@ -57,6 +62,7 @@ def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA) -> Ten
     for start in range(0, len(W), tile):
         rows = torch.arange(start, min(start + tile, len(W)), device=W.device)
         C = W[rows] @ Wn.T if safe else cosine_matrix(W[rows], W, delta)
+        if absolute: C = C.abs_()
         C[torch.arange(len(rows), device=W.device), rows] = float("-inf")   # not yourself
         out[rows] = C.argmax(dim=1)
     return out
@@ -69,24 +75,28 @@ def pair_cosines(W: Tensor, nn_idx: Tensor, delta: float = DELTA) -> Tensor:
 
 # %% ../nbs/02_orthogonality.ipynb #bc31d895
 def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generator | None = None,
-                    tile: int = 1024, delta: float = DELTA, chunks: list[Tensor] | None = None) -> Tensor:
+                    tile: int = 1024, delta: float = DELTA, chunks: list[Tensor] | None = None,
+                    margin: float | None = None, absolute: bool = False) -> Tensor:
     "Eq. 4 on the rows of `W` (decoder vectors), fast and exact: no-grad neighbour search, then gathered pairs."
     chunks = random_partition(len(W), chunk_size, generator) if chunks is None else chunks
     nn_idx = torch.empty(len(W), dtype=torch.long, device=W.device)
     weight = torch.empty(len(W), dtype=W.dtype, device=W.device)
     for idx in chunks:
         idx = idx.to(W.device)
-        nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta)]
+        nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta, absolute)]
         weight[idx] = 1 / (len(chunks) * len(idx))
-    return (weight * pair_cosines(W, nn_idx, delta).pow(2)).sum()
+    c = pair_cosines(W, nn_idx, delta)
+    return (weight * neighbour_cost(c.abs() if absolute else c, margin)).sum()
 
 # %% ../nbs/02_orthogonality.ipynb #49785717
 class Orthogonal:
     "Mixin: add `gamma` x the chunked orthogonality penalty on `W_dec` to an SAE's loss (every `every` steps)."
     def __init__(self, *args, gamma: float = 0.25, chunk_size: int | None = None, every: int = 1,
-                 penalty_seed: int = 0, **kw):
+                 penalty_seed: int = 0, margin: float | None = None, absolute: bool = False, **kw):
         super().__init__(*args, **kw)
         if not gamma >= 0: raise ValueError(f"gamma={gamma!r} must be >= 0.")
+        if margin is not None and not 0 <= margin < 1: raise ValueError(f"margin={margin!r} must be in [0, 1) or None.")
+        self.margin, self.absolute = margin, absolute
         if not isinstance(every, int) or every < 1: raise ValueError(f"every={every!r} must be a positive integer.")
         self.chunk_size = min(8192, self.d_sae) if chunk_size is None else chunk_size   # the paper's 8192, or all of m
         check_chunk_size(self.d_sae, self.chunk_size)
@@ -100,7 +110,7 @@ def _ortho_loss(self, x: Tensor) -> dict[str, Tensor]:
     if self.training:
         self.n_steps += 1
         if (self.n_steps - 1) % self.every == 0 and self.gamma > 0:
-            p = chunked_penalty(self.W_dec, self.chunk_size, self.rng)
+            p = chunked_penalty(self.W_dec, self.chunk_size, self.rng, margin=self.margin, absolute=self.absolute)
             out["loss"] = out["loss"] + self.gamma * self.every * p
             self.last_ortho = p.item()
     out["ortho"] = torch.tensor(self.last_ortho)
@@ -111,7 +121,8 @@ Orthogonal.loss = _ortho_loss
 def _get_extra_state(self): return {"n_steps": self.n_steps, "rng": self.rng.get_state(), "last_ortho": self.last_ortho}
 def _set_extra_state(self, s): self.n_steps, self.last_ortho = s["n_steps"], s["last_ortho"]; self.rng.set_state(s["rng"])
 def _config(self): return {**super(Orthogonal, self).config(), "gamma": self.gamma, "chunk_size": self.chunk_size,
-                           "every": self.every, "penalty_seed": self.penalty_seed}
+                           "every": self.every, "penalty_seed": self.penalty_seed, "margin": self.margin,
+                           "absolute": self.absolute}
 Orthogonal.get_extra_state, Orthogonal.set_extra_state, Orthogonal.config = _get_extra_state, _set_extra_state, _config
 
 # %% ../nbs/02_orthogonality.ipynb #40e915b5
@@ -122,3 +133,11 @@ class OrtMatryoshkaSAE(Orthogonal, MatryoshkaSAE):
     "A Matryoshka BatchTopK SAE trained with the chunked orthogonality penalty."
 
 SAE_CLASSES.update(OrtSAE=OrtSAE, OrtMatryoshkaSAE=OrtMatryoshkaSAE)
+
+# %% ../nbs/02_orthogonality.ipynb #7e9aed09
+@torch.no_grad()
+def random_max_cos(d: int, n: int, absolute: bool = False, seed: int = 0) -> float:
+    "Mean nearest-neighbour cosine of `n` random unit vectors in `d` dimensions (the overlap of random directions)."
+    W = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    C = cosine_matrix(W, W)
+    return (C.abs() if absolute else C).fill_diagonal_(-2).max(1).values.mean().item()

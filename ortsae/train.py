@@ -42,6 +42,8 @@ class TrainConfig:
     gamma: float = 0.25
     chunk_size: int = 8192
     every: int = 1                           # penalty every N steps with N * gamma (paper's cheaper variant: 5)
+    margin: float | None = None              # penalty variant: only cosines above the margin cost (None: paper)
+    absolute: bool = False                   # penalty variant: |cos|, anti-parallel pairs count (False: paper)
     # optimisation
     lr: float = 2e-4
     batch_size: int = 2048
@@ -120,7 +122,8 @@ def build_sae(kind: str, cfg: TrainConfig, d_in: int):
     kw = dict(k=cfg.k, k_aux=cfg.k_aux, aux_coef=cfg.aux_coef, dead_after=cfg.dead_after, seed=cfg.seed + offset)
     if issubclass(cls, MatryoshkaSAE): kw["group_sizes"] = cfg.group_sizes
     if issubclass(cls, (OrtSAE, OrtMatryoshkaSAE)):
-        kw.update(gamma=cfg.gamma, chunk_size=min(cfg.chunk_size, cfg.d_sae), every=cfg.every, penalty_seed=cfg.seed)
+        kw.update(gamma=cfg.gamma, chunk_size=min(cfg.chunk_size, cfg.d_sae), every=cfg.every, penalty_seed=cfg.seed,
+                  margin=cfg.margin, absolute=cfg.absolute)
     return cls(d_in, cfg.d_sae, **kw)
 
 # %% ../nbs/03_training.ipynb #02df5119
@@ -170,30 +173,41 @@ def atomic_save(obj, path: Path):
 # %% ../nbs/03_training.ipynb #080f6e1e
 class Run:
     "A training run: config, SAEs with their optimizers and schedulers, the buffer, and where it is."
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path):
-        self.cfg, self.dir = cfg, Path(run_dir)
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None):
+        self.cfg, self.dir = cfg, None if run_dir is None else Path(run_dir)
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         self.total_steps = cfg.total_tokens // cfg.batch_size
         self.step, self.tokens, self.seconds, self.saes, self.opts, self.scheds, self.buffer = 0, 0, 0.0, {}, {}, {}, None
 
 # %% ../nbs/03_training.ipynb #0d122b59
-def _setup(self: Run, skip: int = 0, scale: float | bool = True):
+def _check(self: Run):
+    "Refuse a config whose SAEs can't be built, before anything is loaded."
     c = self.cfg
     for kind in c.saes: parse_kind(kind)
     check_sizes(1, c.d_sae, c.k, c.k_aux)
     if c.k >= c.d_sae: raise ValueError(f"k={c.k} must be smaller than the dictionary (d_sae={c.d_sae}).")
     check_chunk_size(c.d_sae, min(c.chunk_size, c.d_sae))
     torch.manual_seed(c.seed); random.seed(c.seed)
+
+def _setup(self: Run, skip: int = 0, scale: float | bool = True):
+    "The activation source and buffer of the config, then the SAEs."
+    c = self.cfg
+    self.check()
     source, d_in = activation_source(c, self.device, skip)
     check_memory(c, d_in, self.device)
     self.buffer = scaled_buffer(source, c.batch_size, c.buffer_size, c.seed, scale, c.n_scale, self.device)
+    return self.build(d_in)
+
+def _build(self: Run, d_in: int):
+    "Every SAE of the config for activations of width `d_in`, with its optimizer and schedule (any data source)."
+    c = self.cfg
     for kind in c.saes:
         sae = self.saes[kind] = build_sae(kind, c, d_in).to(self.device)
         self.opts[kind] = torch.optim.AdamW(sae.parameters(), lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
         self.scheds[kind] = torch.optim.lr_scheduler.LambdaLR(
             self.opts[kind], lambda s: lr_factor(s, self.total_steps, c.warmup_steps, c.decay_frac))
     return self
-Run.setup = _setup
+Run.check, Run.setup, Run.build = _check, _setup, _build
 
 # %% ../nbs/03_training.ipynb #f59e6105
 def _state(self: Run) -> dict:

@@ -115,3 +115,28 @@ def test_penalty_gradient_is_bit_reproducible():
         chunked_penalty(Wi, 512, torch.Generator().manual_seed(1)).backward()
         grads.append(Wi.grad)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(4, 60), d=dims, seed=st.integers(0, 10**6), absolute=st.booleans(),
+       margin=st.one_of(st.none(), st.floats(0, 0.9)), data=st.data())
+def test_variants_fast_equal_autograd(m, d, seed, absolute, margin, data):
+    chunk = data.draw(st.integers(2, m))
+    try:
+        chunks = random_partition(m, chunk, torch.Generator().manual_seed(seed))
+    except ValueError:
+        return
+    W = torch.randn(m, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    W1, W2 = W.clone().requires_grad_(), W.clone().requires_grad_()
+    a = chunked_penalty(W1, chunks=chunks, tile=data.draw(st.integers(1, 32)), margin=margin, absolute=absolute)
+    b = chunked_penalty_autograd(W2, chunks, margin=margin, absolute=absolute)
+    a.backward(); b.backward()
+    assert torch.allclose(a, b, atol=1e-12) and torch.allclose(W1.grad, W2.grad, atol=1e-12)
+
+
+def test_margin_never_exceeds_paper_penalty():
+    W = torch.randn(100, 8)
+    paper = chunked_penalty(W, chunk_size=100)
+    assert chunked_penalty(W, chunk_size=100, margin=0.2) < paper
+    assert chunked_penalty(W, chunk_size=100, margin=0.0) <= paper + 1e-7
+    assert chunked_penalty(W, chunk_size=100, absolute=True) >= paper - 1e-7
