@@ -12,11 +12,12 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SAE_CLASSES', 'BatchTopKSAE', 'check_sizes', 'check_input', 'batch_topk', 'geometric_median', 'explained_variance',
-           'MatryoshkaSAE', 'default_groups', 'load_sae']
+           'MatryoshkaSAE', 'default_groups', 'exact_batch_topk', 'SelectedPre', 'sparse_decode', 'load_sae']
 
-# %% ../nbs/01_sae.ipynb #a66474f8
+# %% ../nbs/01_sae.ipynb #3ff62181
 class BatchTopKSAE(nn.Module):
     "BatchTopK SAE: top `B*k` pre-activations of a batch in training, a learned threshold at inference."
+    fast = False   # train with the sparse step of section "A fast exact training step" (switched on there)
     def __init__(self, d_in: int, d_sae: int, k: int = 70,
                  k_aux: int = 512, aux_coef: float = 1 / 32, # AuxK: latents per token, loss weight
                  dead_after: int = 5 * 2048, # tokens without firing before a latent counts as dead
@@ -67,16 +68,15 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
     vals, idx = flat.topk(min(pre.shape[0] * k, flat.numel()), sorted=False)
     return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
 
-# %% ../nbs/01_sae.ipynb #415dc0c6
+# %% ../nbs/01_sae.ipynb #551655f8
 @patch
 @torch.no_grad()
-def _update_state(self: BatchTopKSAE, x: Tensor, acts: Tensor):
-    "Running inference threshold and tokens-since-fired counters, from one training batch."
-    kept = acts[acts > 0]
+def _update_state(self: BatchTopKSAE, n: int, kept: Tensor, fired: Tensor):
+    "Running inference threshold and tokens-since-fired counters from a batch of `n` rows: `kept` values, `fired` latents."
     if kept.numel():
         lo = kept.min()
         self.threshold.copy_(lo if self.threshold < 0 else self.threshold + self.threshold_lr * (lo - self.threshold))
-    self.since_fired.add_(len(x)).masked_fill_((acts > 0).any(0), 0)
+    self.since_fired.add_(n).masked_fill_(fired, 0)
 
 @patch
 def _sparsify(self: BatchTopKSAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -86,7 +86,7 @@ def _sparsify(self: BatchTopKSAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.threshold < 0: raise RuntimeError("No inference threshold yet: train the SAE (or encode in train mode).")
         return pre, dead, pre * (pre > self.threshold)
     acts = batch_topk(pre, self.k)
-    self._update_state(x, acts)
+    self._update_state(len(x), acts[acts > 0], (acts > 0).any(0))
     return pre, dead, acts
 
 @patch
@@ -160,10 +160,11 @@ def explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
     "1 - E|x - x_hat|^2 / (E|x|^2 - |E x|^2): the fraction of the batch's variance reconstructed."
     return 1 - (x - x_hat).pow(2).sum(-1).mean() / (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
 
-# %% ../nbs/01_sae.ipynb #f4c45451
+# %% ../nbs/01_sae.ipynb #2bb8f928
 @patch
 def loss(self: BatchTopKSAE, x: Tensor) -> dict[str, Tensor]:
     "Named loss terms for a batch: `loss` = `mse` + `aux_coef` * `aux`, plus detached `l0` and `ev`."
+    if self.training and self.fast: return self.fast_loss(x)
     pre, dead, acts = self._sparsify(x)
     x_hat = self.decode(acts)
     mse = (x_hat - x).pow(2).mean()
@@ -193,16 +194,110 @@ def prefix_reconstructions(self: MatryoshkaSAE, acts: Tensor) -> Tensor:
     parts = [a @ W for a, W in zip(acts.split(self.group_sizes, 1), self.W_dec.split(self.group_sizes, 0))]
     return torch.stack(parts).cumsum(0) + self.b_dec
 
-# %% ../nbs/01_sae.ipynb #96cacce7
+# %% ../nbs/01_sae.ipynb #34eeeb00
 @patch
 def loss(self: MatryoshkaSAE, x: Tensor) -> dict[str, Tensor]:
     "Named loss terms: `mse` is the mean of the prefixes' MSEs (`mse_full`: the whole dictionary's)."
+    if self.training and self.fast: return self.fast_loss(x)
     pre, dead, acts = self._sparsify(x)
     recons = self.prefix_reconstructions(acts)
     mses = (recons - x).pow(2).mean((1, 2))
     aux = self.aux_loss(x, recons[-1], pre, dead) if self.training else x.new_zeros(())
     return dict(loss=mses.mean() + self.aux_coef * aux, mse=mses.mean(), mse_full=mses[-1], aux=aux,
                 l0=(acts > 0).sum(1).float().mean().detach(), ev=explained_variance(x, recons[-1]).detach())
+
+# %% ../nbs/01_sae.ipynb #3813283e
+def exact_batch_topk(pre: Tensor, k: int, factor: int = 2) -> Tensor:
+    "Sorted flat indices of the `B*k` largest entries of `pre` `(B, m)` (those `batch_topk` keeps), without a global sort."
+    B, m = pre.shape; n, flat = B * k, pre.flatten()
+    if factor * k >= m or n >= flat.numel(): return flat.topk(min(n, flat.numel()), sorted=False).indices.sort().values
+    v, i = pre.topk(factor * k, dim=1, sorted=False)
+    t = v.flatten().kthvalue(v.numel() - n + 1).values               # n-th largest candidate <= the true threshold
+    if t <= 0: return flat.topk(n, sorted=False).indices.sort().values   # too few positives: the plain way
+    cand = (i + torch.arange(B, device=pre.device)[:, None] * m)
+    full = v.min(1).values >= t                                        # rows that may hold more entries >= t
+    if full.any():
+        r = full.nonzero().squeeze(1); extra = (pre[r] >= t).nonzero()
+        cand = torch.cat([cand[~full].flatten(), r[extra[:, 0]] * m + extra[:, 1]])
+    cand = cand.flatten()
+    return cand[flat[cand].topk(n, sorted=False).indices].sort().values
+
+# %% ../nbs/01_sae.ipynb #11829f7d
+class SelectedPre(torch.autograd.Function):
+    "The given values `vals` of `relu(xc @ W_enc + b_enc)` at `(rows, cols)`; backward touches only those entries."
+    @staticmethod
+    def forward(ctx, xc, W_enc, b_enc, rows, cols, vals):
+        ctx.save_for_backward(xc, W_enc, rows, cols, vals > 0)
+        return vals.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        xc, W_enc, rows, cols, pos = ctx.saved_tensors
+        G = torch.sparse_coo_tensor(torch.stack([rows, cols]), (g * pos).to(xc.dtype), (len(xc), W_enc.shape[1]),
+                                    check_invariants=False)
+        gW = torch.sparse.mm(G.t(), xc).t().to(W_enc.dtype) if ctx.needs_input_grad[1] else None
+        gb = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, cols, g * pos)
+        return torch.sparse.mm(G, W_enc.t().to(xc.dtype)), gW, gb, None, None, None
+
+# %% ../nbs/01_sae.ipynb #f00a23c7
+def sparse_decode(rows: Tensor, cols: Tensor, vals: Tensor, W_dec: Tensor, n_rows: int,
+                  groups: Tensor | None = None, n_groups: int = 1) -> Tensor:
+    "`(n_rows, n_groups, d)`: per row (and group), the sum of `vals * W_dec[cols]`; `rows` must be sorted."
+    bag = rows if groups is None else rows * n_groups + groups
+    offsets = torch.searchsorted(bag, torch.arange(n_rows * n_groups, device=rows.device))
+    out = nn.functional.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=vals.to(W_dec.dtype))
+    return out.view(n_rows, n_groups, -1)
+
+# %% ../nbs/01_sae.ipynb #39725691
+@patch
+def _fast_select(self: BatchTopKSAE, x: Tensor):
+    "Training-mode encoding as `(xc, pre, dead, rows, cols, vals)`; updates the threshold and dead counters."
+    xc = check_input(x, self.d_in) - self.b_dec
+    with torch.no_grad(): pre = torch.relu(xc @ self.W_enc + self.b_enc)   # the plain step's expression: same values
+    dead = self.since_fired >= self.dead_after
+    idx = exact_batch_topk(pre, self.k)
+    rows, cols, v = idx // self.d_sae, idx % self.d_sae, pre.flatten()[idx]
+    fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, cols[v > 0], True)
+    self._update_state(len(x), v[v > 0], fired)
+    return xc, pre, dead, rows, cols, SelectedPre.apply(xc, self.W_enc, self.b_enc, rows, cols, v)
+
+# %% ../nbs/01_sae.ipynb #543100d6
+@patch
+def fast_aux_loss(self: BatchTopKSAE, x, x_hat, xc, pre, dead) -> Tensor:
+    "`aux_loss` on sparse pieces: the same selection and value, no dense `(B, m)` product."
+    n_dead = int(dead.sum())
+    if n_dead == 0: return x.new_zeros(())
+    with torch.no_grad(): v, c = (pre * dead).topk(min(self.k_aux, n_dead), dim=1, sorted=False)
+    r = torch.arange(len(x), device=x.device).repeat_interleave(v.shape[1])
+    vals = SelectedPre.apply(xc, self.W_enc, self.b_enc, r, c.flatten(), v.flatten())
+    recon = sparse_decode(r, c.flatten(), vals, self.W_dec, len(x))[:, 0]
+    return (recon - (x - x_hat).detach()).pow(2).mean()
+
+# %% ../nbs/01_sae.ipynb #a6436b06
+@patch
+def fast_loss(self: BatchTopKSAE, x: Tensor) -> dict[str, Tensor]:
+    "`loss` in training mode, computed sparsely: same latents, same terms, gradients equal to float tolerance."
+    xc, pre, dead, rows, cols, vals = self._fast_select(x)
+    x_hat = sparse_decode(rows, cols, vals, self.W_dec, len(x))[:, 0] + self.b_dec
+    mse = (x_hat - x).pow(2).mean()
+    aux = self.fast_aux_loss(x, x_hat, xc, pre, dead)
+    return dict(loss=mse + self.aux_coef * aux, mse=mse, aux=aux, l0=(vals > 0).sum().float().detach() / len(x),
+                ev=explained_variance(x, x_hat).detach())
+
+@patch
+def fast_loss(self: MatryoshkaSAE, x: Tensor) -> dict[str, Tensor]:
+    "The Matryoshka `loss`, sparsely: one `embedding_bag` gives every group's partial sum."
+    xc, pre, dead, rows, cols, vals = self._fast_select(x)
+    ends = torch.tensor(self.group_sizes, device=x.device).cumsum(0)
+    parts = sparse_decode(rows, cols, vals, self.W_dec, len(x), torch.bucketize(cols, ends, right=True), len(ends))
+    recons = parts.cumsum(1).transpose(0, 1) + self.b_dec               # (groups, B, d), like prefix_reconstructions
+    mses = (recons - x).pow(2).mean((1, 2))
+    aux = self.fast_aux_loss(x, recons[-1], xc, pre, dead)
+    return dict(loss=mses.mean() + self.aux_coef * aux, mse=mses.mean(), mse_full=mses[-1], aux=aux,
+                l0=(vals > 0).sum().float().detach() / len(x), ev=explained_variance(x, recons[-1]).detach())
+
+# %% ../nbs/01_sae.ipynb #755595ee
+BatchTopKSAE.fast = True
 
 # %% ../nbs/01_sae.ipynb #333eecca
 SAE_CLASSES: dict[str, type] = {"BatchTopKSAE": BatchTopKSAE, "MatryoshkaSAE": MatryoshkaSAE}
