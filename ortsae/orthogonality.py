@@ -51,17 +51,36 @@ def chunked_penalty_autograd(W: Tensor, chunks: list[Tensor], delta: float = DEL
     "Eq. 4 by autograd through each chunk's full cosine matrix (the reference for `chunked_penalty`)."
     return torch.stack([full_penalty(W[idx], delta, **variant) for idx in chunks]).mean()
 
+# %% ../nbs/02_orthogonality.ipynb #4c792637
+def _update_best(best: Tensor, arg: Tensor, rows: slice, v: Tensor, j: Tensor, offset: int):
+    "Keep the larger of the running best and the new candidates `v` (at columns `offset + j`) for `rows`."
+    better = v > best[rows]
+    best[rows] = torch.where(better, v, best[rows]); arg[rows] = torch.where(better, j + offset, arg[rows])
+
+@torch.no_grad()
+def _symmetric_search(Wn: Tensor, tile: int, absolute: bool) -> Tensor:
+    "Nearest neighbours of unit rows: each tile pair of the symmetric Gram matrix computed once, used both ways."
+    best = torch.full((len(Wn),), float("-inf"), device=Wn.device, dtype=Wn.dtype)
+    arg = torch.zeros(len(Wn), dtype=torch.long, device=Wn.device)
+    for a in range(0, len(Wn), tile):
+        for b in range(a, len(Wn), tile):
+            C = Wn[a:a + tile] @ Wn[b:b + tile].T
+            if absolute: C = C.abs_()
+            if a == b: C.fill_diagonal_(float("-inf"))                 # not yourself
+            _update_best(best, arg, slice(a, a + tile), *C.max(1), b)   # rows of tile a: columns of tile b
+            if a != b: _update_best(best, arg, slice(b, b + tile), *C.max(0), a)   # and the transpose
+    return arg
+
 # %% ../nbs/02_orthogonality.ipynb #6af6d255
 @torch.no_grad()
 def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA, absolute: bool = False) -> Tensor:
     "Index of each row's most cosine-similar (`absolute`: largest |cos|) other row of `W`, `tile` rows at a time."
     n = W.norm(dim=1)
-    safe = n.min().pow(2) >= delta                     # then no pair needs the guard
-    Wn = W / n[:, None] if safe else W
+    if n.min().pow(2) >= delta: return _symmetric_search(W / n[:, None], tile, absolute)   # no pair needs the guard
     out = torch.empty(len(W), dtype=torch.long, device=W.device)
     for start in range(0, len(W), tile):
         rows = torch.arange(start, min(start + tile, len(W)), device=W.device)
-        C = W[rows] @ Wn.T if safe else cosine_matrix(W[rows], W, delta)
+        C = cosine_matrix(W[rows], W, delta)
         if absolute: C = C.abs_()
         C[torch.arange(len(rows), device=W.device), rows] = float("-inf")   # not yourself
         out[rows] = C.argmax(dim=1)
