@@ -178,6 +178,7 @@ class Run:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         self.total_steps = cfg.total_tokens // cfg.batch_size
         self.step, self.tokens, self.seconds, self.saes, self.opts, self.scheds, self.buffer = 0, 0, 0.0, {}, {}, {}, None
+        self.sae_seconds: dict[str, float] = {}   # time spent in each SAE's steps (the model's forward is shared)
 
 # %% ../nbs/03_training.ipynb #0d122b59
 def _check(self: Run):
@@ -216,7 +217,8 @@ def _state(self: Run) -> dict:
             "saes": {k: s.state_dict() for k, s in self.saes.items()},
             "opts": {k: o.state_dict() for k, o in self.opts.items()},
             "scheds": {k: s.state_dict() for k, s in self.scheds.items()},
-            "buffer": self.buffer.state_dict(), "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+            "buffer": self.buffer.state_dict(), "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "sae_seconds": self.sae_seconds}
 Run.state = _state
 
 # %% ../nbs/03_training.ipynb #0d57ebd7
@@ -239,6 +241,7 @@ def _restore(self: Run, state: dict):
         self.saes[k].load_state_dict(state["saes"][k]); self.opts[k].load_state_dict(state["opts"][k])
         self.scheds[k].load_state_dict(state["scheds"][k])
     self.step, self.tokens, self.seconds = state["step"], state["tokens"], state["seconds"]
+    self.sae_seconds = dict(state.get("sae_seconds", {}))
     torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"])
     return self
 Run.restore = _restore
@@ -249,12 +252,14 @@ def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, float]]:
     logs = {}
     use_amp = self.cfg.autocast and self.device.startswith("cuda")
     for k, sae in self.saes.items():
+        t = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             out = sae.loss(x)
         self.opts[k].zero_grad(set_to_none=True)
         out["loss"].backward()
         sae.remove_parallel_grad(); self.opts[k].step(); sae.normalize_decoder(); self.scheds[k].step()
         logs[k] = {n: v.item() for n, v in out.items()} | {"dead": (sae.since_fired >= sae.dead_after).float().mean().item()}
+        self.sae_seconds[k] = self.sae_seconds.get(k, 0.0) + time.perf_counter() - t   # .item() above has synced
     self.step += 1; self.tokens += len(x)
     return logs
 Run.train_step = _train_step
@@ -343,7 +348,8 @@ def finish(run: Run):
     c, meta = run.cfg, {"model_name": run.cfg.model, "hook_name": run.cfg.hook, "context_size": run.cfg.ctx_len,
                         "dataset_path": run.cfg.source, "prepend_bos": True}
     summary = {"steps": run.step, "tokens": run.tokens, "seconds": round(run.seconds, 1),
-               "tokens_per_s": round(run.tokens / max(run.seconds, 1e-9)), "scaling_factor": run.buffer.scale, "saes": {}}
+               "tokens_per_s": round(run.tokens / max(run.seconds, 1e-9)), "scaling_factor": run.buffer.scale,
+               "sae_seconds": {k: round(v, 2) for k, v in run.sae_seconds.items()}, "saes": {}}
     last = [json.loads(l) for l in (run.dir / "log.jsonl").read_text().splitlines()][-1]
     for k, sae in run.saes.items():
         sae.save(run.dir / "saes" / k, scale=run.buffer.scale, metadata=meta)
