@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_cli.ipynb #f814b6b0
 from __future__ import annotations
-import argparse, dataclasses, json, sys, time, typing
+import argparse, dataclasses, json, os, sys, time, typing
 from pathlib import Path
 import torch
 from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, norm_scaling_factor, write_shards
@@ -75,7 +75,12 @@ def train_cmd(args) -> dict:
     fields.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
     cfg = TrainConfig.from_dict(fields)
     run_dir = args.run_dir or f"runs/{args.preset}"
-    run = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at)
+    run_cls = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:             # under torchrun: one data-parallel rank (chapter 07)
+        from ortsae.distributed import DistributedRun
+        run_cls = DistributedRun
+    run = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at, run_cls=run_cls)
+    if run_cls is not None: import torch.distributed as dist; dist.barrier(); dist.destroy_process_group()
     summary = Path(run_dir) / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() and run.step >= run.total_steps else {"steps": run.step}
 
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {s['seconds']} s, {s['tokens_per_s']:,} tokens/s end to end (reading, tokenizing, model); mean norm {s['mean_norm']}, "
                   f"scaling factor {s['scaling_factor']}" + (f"; written to {s['out']}" if s["out"] else ""))
         elif args.cmd == "train":
-            _print_summary(train_cmd(args), args.run_dir or f"runs/{args.preset}")
+            s = train_cmd(args)
+            if os.environ.get("RANK", "0") == "0": _print_summary(s, args.run_dir or f"runs/{args.preset}")
         elif args.cmd == "eval":
             res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps,
                                args.absorption_words, args.min_probe_f1, args.min_letters)

@@ -95,12 +95,12 @@ def pair_cosines(W: Tensor, nn_idx: Tensor, delta: float = DELTA) -> Tensor:
 # %% ../nbs/02_orthogonality.ipynb #bc31d895
 def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generator | None = None,
                     tile: int = 1024, delta: float = DELTA, chunks: list[Tensor] | None = None,
-                    margin: float | None = None, absolute: bool = False) -> Tensor:
-    "Eq. 4 on the rows of `W` (decoder vectors), fast and exact: no-grad neighbour search, then gathered pairs."
+                    margin: float | None = None, absolute: bool = False, shard: tuple[int, int] = (0, 1)) -> Tensor:
+    "Eq. 4 on the rows of `W` (decoder vectors), fast and exact; `shard=(i, n)`: only chunks i, i+n, ... (their share)."
     chunks = random_partition(len(W), chunk_size, generator) if chunks is None else chunks
-    nn_idx = torch.empty(len(W), dtype=torch.long, device=W.device)
-    weight = torch.empty(len(W), dtype=W.dtype, device=W.device)
-    for idx in chunks:
+    nn_idx = torch.arange(len(W), device=W.device)                   # rows outside the shard: weight 0
+    weight = torch.zeros(len(W), dtype=W.dtype, device=W.device)
+    for idx in chunks[shard[0]::shard[1]]:
         idx = idx.to(W.device)
         nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta, absolute)]
         weight[idx] = 1 / (len(chunks) * len(idx))
@@ -121,6 +121,7 @@ class Orthogonal:
         check_chunk_size(self.d_sae, self.chunk_size)
         self.gamma, self.every, self.penalty_seed = gamma, every, penalty_seed
         self.rng, self.n_steps, self.last_ortho = torch.Generator().manual_seed(penalty_seed), 0, 0.0
+        self.shard = (0, 1)
 
 # %% ../nbs/02_orthogonality.ipynb #f00b36fb
 def _ortho_loss(self, x: Tensor) -> dict[str, Tensor]:
@@ -129,8 +130,9 @@ def _ortho_loss(self, x: Tensor) -> dict[str, Tensor]:
     if self.training:
         self.n_steps += 1
         if (self.n_steps - 1) % self.every == 0 and self.gamma > 0:
-            p = chunked_penalty(self.W_dec, self.chunk_size, self.rng, margin=self.margin, absolute=self.absolute)
-            out["loss"] = out["loss"] + self.gamma * self.every * p
+            p = chunked_penalty(self.W_dec, self.chunk_size, self.rng, margin=self.margin, absolute=self.absolute,
+                                shard=self.shard)   # (0, 1) here; chapter 07 splits the chunks across processes
+            out["loss"] = out["loss"] + self.gamma * self.every * self.shard[1] * p
             self.last_ortho = p.item()
     out["ortho"] = torch.tensor(self.last_ortho)
     return out

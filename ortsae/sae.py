@@ -276,12 +276,17 @@ class SparseDecode(torch.autograd.Function):
 
 # %% ../nbs/01_sae.ipynb #622c9cc1
 @patch
+def _select(self: BatchTopKSAE, pre: Tensor) -> Tensor:
+    "Sorted flat indices of the kept pre-activations (chapter 07 replaces this with a selection across processes)."
+    return exact_batch_topk(pre, self.k)
+
+@patch
 def _fast_select(self: BatchTopKSAE, x: Tensor):
     "Training-mode encoding as `(xc, pre, dead, pattern, vals)`; updates the threshold and dead counters."
     xc = check_input(x, self.d_in) - self.b_dec
     with torch.no_grad(): pre = torch.addmm(self.b_enc, xc, self.W_enc).relu_()   # as `pre_acts`: the same values
     dead = self.since_fired >= self.dead_after
-    idx = exact_batch_topk(pre, self.k)
+    idx = self._select(pre)
     pat, v = Pattern(idx // self.d_sae, idx % self.d_sae, len(x), self.d_sae), pre.flatten()[idx]
     fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, pat.cols[v > 0], True)
     self._update_state(len(x), v[v > 0], fired)

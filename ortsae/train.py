@@ -173,10 +173,11 @@ def atomic_save(obj, path: Path):
 # %% ../nbs/03_training.ipynb #080f6e1e
 class Run:
     "A training run: config, SAEs with their optimizers and schedulers, the buffer, and where it is."
+    world, is_main = 1, True   # one process; chapter 07's DistributedRun is one of `world` ranks
     def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None):
         self.cfg, self.dir = cfg, None if run_dir is None else Path(run_dir)
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-        self.total_steps = cfg.total_tokens // cfg.batch_size
+        self.total_steps = cfg.total_tokens // (cfg.batch_size * self.world)
         self.step, self.tokens, self.seconds, self.saes, self.opts, self.scheds, self.buffer = 0, 0, 0.0, {}, {}, {}, None
         self.sae_seconds: dict[str, float] = {}   # time spent in each SAE's steps (the model's forward is shared)
 
@@ -242,6 +243,7 @@ def _restore(self: Run, state: dict):
         self.scheds[k].load_state_dict(state["scheds"][k])
     self.step, self.tokens, self.seconds = state["step"], state["tokens"], state["seconds"]
     self.sae_seconds = dict(state.get("sae_seconds", {}))
+    self.total_steps = self.step + (self.cfg.total_tokens - self.tokens) // (self.cfg.batch_size * self.world)
     torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"])
     return self
 Run.restore = _restore
@@ -257,12 +259,17 @@ def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, float]]:
             out = sae.loss(x)
         self.opts[k].zero_grad(set_to_none=True)
         out["loss"].backward()
+        self.sync_grads(sae)
         sae.remove_parallel_grad(); self.opts[k].step(); sae.normalize_decoder(); self.scheds[k].step()
         logs[k] = {n: v.item() for n, v in out.items()} | {"dead": (sae.since_fired >= sae.dead_after).float().mean().item()}
         self.sae_seconds[k] = self.sae_seconds.get(k, 0.0) + time.perf_counter() - t   # .item() above has synced
-    self.step += 1; self.tokens += len(x)
+    self.step += 1; self.tokens += len(x) * self.world
     return logs
 Run.train_step = _train_step
+
+# hooks that chapter 07 (data-parallel training) overrides; one process: nothing to do
+Run.sync_grads = lambda self, sae: None          # average gradients across processes
+Run.sync_init = lambda self: None                # make every process start from the same SAEs
 
 # %% ../nbs/03_training.ipynb #19667865
 RUN_FILES = ["config.json", "log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "summary.json", "training.png"]
@@ -310,21 +317,24 @@ def _wandb(cfg: TrainConfig, run_dir: Path):
 
 # %% ../nbs/03_training.ipynb #792d0507
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          stop_at: int | None = None, progress: bool = True) -> Run:
+          stop_at: int | None = None, progress: bool = True, run_cls: type | None = None) -> Run:
     "Train every SAE in `cfg.saes` on one activation stream; write logs, checkpoints and the final SAEs to `run_dir`."
     from tqdm.auto import tqdm
     run_dir = Path(run_dir)
-    state = _prepare_dir(run_dir, cfg, resume, overwrite)
-    run = Run(cfg, run_dir)
+    run = (run_cls or Run)(cfg, run_dir)
+    if run.is_main: state = _prepare_dir(run_dir, cfg, resume, overwrite)   # other processes only read the checkpoint
+    else: state = load_checkpoint(run_dir / "checkpoint.pt", cfg) if resume else None
     run.restore(state) if state else run.setup()
     if state is None:
         sample = run.buffer.peek(cfg.n_scale)          # scaled, like the batches; nothing is consumed
         for sae in run.saes.values(): sae.init_b_dec(sample)
-    wb = _wandb(cfg, run_dir)
+        run.sync_init()
+    wb = _wandb(cfg, run_dir) if run.is_main else None
     end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     ran_out = False
-    bar, t0 = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not progress, dynamic_ncols=True), time.perf_counter()
-    with open(run_dir / "log.jsonl", "a") as log:
+    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (progress and run.is_main), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    with open(run_dir / "log.jsonl", "a") if run.is_main else open(os.devnull, "w") as log:
         while run.step < end:
             x = next(run.buffer, None)
             if x is None: print(f"The corpus ran out after {run.tokens:,} tokens."); ran_out = True; break
@@ -336,10 +346,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
                 bar.set_postfix_str(_postfix(logs), refresh=False)
             if run.step % cfg.checkpoint_every == 0 or run.step == end:
                 run.seconds += time.perf_counter() - t0; t0 = time.perf_counter()
-                atomic_save(run.state(), run_dir / "checkpoint.pt")
+                state = run.state()                              # every process: chapter 07's state() communicates
+                if run.is_main: atomic_save(state, run_dir / "checkpoint.pt")
             bar.update(1)
     bar.close()
-    if run.step >= run.total_steps or ran_out: finish(run)
+    if (run.step >= run.total_steps or ran_out) and run.is_main: finish(run)
     return run
 
 # %% ../nbs/03_training.ipynb #8d67a1b9

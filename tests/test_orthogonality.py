@@ -140,3 +140,19 @@ def test_margin_never_exceeds_paper_penalty():
     assert chunked_penalty(W, chunk_size=100, margin=0.2) < paper
     assert chunked_penalty(W, chunk_size=100, margin=0.0) <= paper + 1e-7
     assert chunked_penalty(W, chunk_size=100, absolute=True) >= paper - 1e-7
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(4, 80), seed=st.integers(0, 10**6), world=st.integers(1, 5), data=st.data())
+def test_shards_add_up_to_the_penalty(m, seed, world, data):
+    chunk = data.draw(st.integers(2, m))
+    try:
+        chunks = random_partition(m, chunk, torch.Generator().manual_seed(seed))
+    except ValueError:
+        return
+    W = torch.randn(m, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+    full = chunked_penalty(W, chunks=chunks)
+    g_full, = torch.autograd.grad(full, W)
+    parts = [chunked_penalty(W, chunks=chunks, shard=(r, world)) for r in range(world)]
+    g_parts = sum(torch.autograd.grad(p, W)[0] for p in parts)
+    assert torch.allclose(sum(parts), full, atol=1e-12) and torch.allclose(g_parts, g_full, atol=1e-12)
