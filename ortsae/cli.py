@@ -128,3 +128,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ortsae {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+if __name__ == "__main__": sys.exit(main())   # `python -m ortsae.cli ...`, e.g. under torchrun

@@ -78,7 +78,7 @@ def _dp_worker(rank: int, world: int, folder: str, steps: int, shape: tuple):
     "One rank of `compare_with_single`."
     dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    out = {kind: _train_few(kind, steps, shape, rank, world) for kind in ("batchtopk", "matryoshka", "ortsae")}
+    out = {kind: _train_few(kind, steps, shape, rank, world, world) for kind in ("batchtopk", "matryoshka", "ortsae")}
     W = out["ortsae"]["W_dec"]
     chunks = random_partition(len(W), shape[1] // 4, torch.Generator().manual_seed(0))
     part = chunked_penalty(W, chunks=chunks, shard=(rank, world)); dist.all_reduce(part)
@@ -87,16 +87,17 @@ def _dp_worker(rank: int, world: int, folder: str, steps: int, shape: tuple):
     dist.destroy_process_group()
 
 # %% ../nbs/07_distributed.ipynb #6a31d928
-def _train_few(kind: str, steps: int, shape: tuple, rank: int = 0, world: int = 1) -> dict:
-    "Train one SAE `steps` steps on seeded batches of `world * B` rows, this rank taking its slice; return its weights."
+def _train_few(kind: str, steps: int, shape: tuple, rank: int = 0, world: int = 1, n_parts: int = 2) -> dict:
+    "Train one SAE `steps` steps on seeded batches of `n_parts * B` rows, this rank taking its slice; return its weights."
     d, m, k, B = shape
+    B = n_parts * B // world                                           # rows per rank: all of them in one process
     cfg = make_config("smoke", d_sae=m, k=k, chunk_size=m // 4, k_aux=16, dead_after=3 * B * world, saes=[kind])
     run = Run(cfg); run.check(); run.build(d)
     sae, opt = run.saes[kind], run.opts[kind]
     if world > 1: make_data_parallel(sae)
     sae.init_b_dec(torch.randn(256, d, generator=torch.Generator().manual_seed(1)))
     for step in range(steps):
-        x = torch.randn(world * B, d, generator=torch.Generator().manual_seed(100 + step)) * 2
+        x = torch.randn(world * B, d, generator=torch.Generator().manual_seed(100 + step)) * 2   # the whole batch
         opt.zero_grad(); sae.loss(x[rank * B:(rank + 1) * B])["loss"].backward()
         if world > 1: average_gradients(sae)
         sae.remove_parallel_grad(); opt.step(); sae.normalize_decoder()
@@ -106,12 +107,13 @@ def _train_few(kind: str, steps: int, shape: tuple, rank: int = 0, world: int = 
 def compare_with_single(world: int = 2, steps: int = 4, shape: tuple = (16, 128, 4, 32)) -> dict:
     "Largest differences between `world` data-parallel ranks and one process on the whole batches."
     import tempfile, torch.multiprocessing as mp
+    from ortsae.distributed import _dp_worker as worker      # spawned processes need an importable function
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_dp_worker, args=(world, folder, steps, shape), nprocs=world, join=True)
+        mp.spawn(worker, args=(world, folder, steps, shape), nprocs=world, join=True)
         ranks = [torch.load(f"{folder}/rank{r}.pt") for r in range(world)]
     out = {}
     for kind in ("batchtopk", "matryoshka", "ortsae"):
-        single = _train_few(kind, steps, shape)
+        single = _train_few(kind, steps, shape, n_parts=world)
         out[kind] = max((r[kind][n].float() - single[n].float()).abs().max().item() for r in ranks for n in single)
     out["penalty"] = ranks[0]["penalty"]
     return out
