@@ -87,10 +87,11 @@ def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA, absolu
     return out
 
 # %% ../nbs/02_orthogonality.ipynb #78fb35ad
-def pair_cosines(W: Tensor, nn_idx: Tensor, delta: float = DELTA) -> Tensor:
-    "Eq. 3's cosine between each row of `W` and row `nn_idx` of `W` (with autograd)."
-    B = W.index_select(0, nn_idx)
-    return (W * B).sum(1) / (W.norm(dim=1) * B.norm(dim=1)).clamp_min(delta)
+def pair_cosines(W: Tensor, nn_idx: Tensor, delta: float = DELTA, rows: Tensor | None = None) -> Tensor:
+    "Eq. 3's cosine between each row of `W` (or only `rows`) and its row `nn_idx` of `W` (with autograd)."
+    A = W if rows is None else W.index_select(0, rows)
+    B = W.index_select(0, nn_idx if rows is None else nn_idx[rows])
+    return (A * B).sum(1) / (A.norm(dim=1) * B.norm(dim=1)).clamp_min(delta)
 
 # %% ../nbs/02_orthogonality.ipynb #bc31d895
 def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generator | None = None,
@@ -104,8 +105,11 @@ def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generato
         idx = idx.to(W.device)
         nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta, absolute)]
         weight[idx] = 1 / (len(chunks) * len(idx))
-    c = pair_cosines(W, nn_idx, delta)
-    return (weight * neighbour_cost(c.abs() if absolute else c, margin)).sum()
+    own = [i.to(W.device) for i in chunks[shard[0]::shard[1]]]
+    if not own: return W.sum() * 0                                     # a shard with no chunk: nothing to add
+    rows = None if shard[1] == 1 else torch.cat(own)                   # a shard computes only its own pairs
+    c = pair_cosines(W, nn_idx, delta, rows)
+    return ((weight if rows is None else weight[rows]) * neighbour_cost(c.abs() if absolute else c, margin)).sum()
 
 # %% ../nbs/02_orthogonality.ipynb #49785717
 class Orthogonal:
