@@ -129,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
-if __name__ == "__main__": sys.exit(main())   # `python -m ortsae.cli ...`, e.g. under torchrun
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # `python -m ortsae.cli` (not in a notebook)
