@@ -62,7 +62,7 @@ def firing_probabilities(data: SyntheticData, mean_l0: float, zipf: float, seed:
     top = (data.parent_of < 0).nonzero().squeeze(1)
     w = (torch.arange(len(top)) + 1.0) ** -zipf
     w = w[torch.randperm(len(w), generator=torch.Generator().manual_seed(seed + 1))]
-    kids = data.p_child * (1 if data.exclusive else data.K)        # expected children per active parent
+    kids = data.p_child * (1 if data.exclusive else data.K) if data.K else 0.0   # expected children per active parent
     per_l0 = torch.where(top < data.P, 1 + kids, 1.0)               # a parent brings its children along
     p = torch.zeros(data.N)
     p[top] = (w * mean_l0 / (w * per_l0).sum()).clamp(max=1)

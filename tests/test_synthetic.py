@@ -16,7 +16,7 @@ def test_generator_respects_hierarchy_and_seed(N, d, P, K, exclusive, p_child, l
     on = c > 0
     kids = data.parent_of >= 0
     assert not (on[:, kids] & ~on[:, data.parent_of[kids]]).any()                    # no child without its parent
-    if exclusive and K: assert on[:, P:P * (1 + K)].view(500, P, K).sum(-1).max() <= 1
+    if exclusive and K and P: assert on[:, P:P * (1 + K)].view(500, P, K).sum(-1).max() <= 1
     assert torch.allclose(data.probs[data.parent_of < 0].sum() + data.probs[kids].sum(), torch.tensor(l0), atol=1e-3) \
         or (data.probs == 1).any()                                                     # mean L0 as asked (unless clipped)
     assert torch.equal(data.sample(7, torch.Generator().manual_seed(1))[0], data.sample(7, torch.Generator().manual_seed(1))[0])
