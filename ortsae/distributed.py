@@ -4,14 +4,13 @@
 
 # %% ../nbs/07_distributed.ipynb #687d2005
 from __future__ import annotations
-import os, random, time
+import os
 from itertools import islice
-from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from .activations import read_shards, token_batches, capture, load_model_for_hook, scaled_buffer
-from .sae import BatchTopKSAE, Pattern, SelectedPre, check_input
+from .sae import BatchTopKSAE
 from .orthogonality import Orthogonal, chunked_penalty, random_partition
 from .train import Run, check_memory, make_config
 
@@ -191,11 +190,5 @@ def _dist_state(self: DistributedRun) -> dict:
 def _dist_restore(self: DistributedRun, state: dict):
     "Continue from `state` at its global stream position, with this run's number of ranks."
     self.setup(skip=state["buffer"]["n_chunks"], scale=state["buffer"]["scale"])
-    for k in self.saes:
-        self.saes[k].load_state_dict(state["saes"][k]); self.opts[k].load_state_dict(state["opts"][k])
-        self.scheds[k].load_state_dict(state["scheds"][k])
-    self.step, self.tokens, self.seconds = state["step"], state["tokens"], state["seconds"]
-    self.sae_seconds = dict(state.get("sae_seconds", {}))
-    torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"])
-    return self
+    return self.load_state(state)                                      # buffers start empty: no store to load
 DistributedRun.state, DistributedRun.restore = _dist_state, _dist_restore

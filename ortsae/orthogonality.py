@@ -101,11 +101,10 @@ def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generato
     chunks = random_partition(len(W), chunk_size, generator) if chunks is None else chunks
     nn_idx = torch.arange(len(W), device=W.device)                   # rows outside the shard: weight 0
     weight = torch.zeros(len(W), dtype=W.dtype, device=W.device)
-    for idx in chunks[shard[0]::shard[1]]:
-        idx = idx.to(W.device)
+    own = [idx.to(W.device) for idx in chunks[shard[0]::shard[1]]]
+    for idx in own:
         nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta, absolute)]
         weight[idx] = 1 / (len(chunks) * len(idx))
-    own = [i.to(W.device) for i in chunks[shard[0]::shard[1]]]
     if not own: return W.sum() * 0                                     # a shard with no chunk: nothing to add
     rows = None if shard[1] == 1 else torch.cat(own)                   # a shard computes only its own pairs
     c = pair_cosines(W, nn_idx, delta, rows)

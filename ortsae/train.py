@@ -238,6 +238,10 @@ def _restore(self: Run, state: dict):
     "Continue from `state`: rebuild the source skipped to the buffer's position, then load every piece."
     self.setup(skip=state["buffer"]["n_chunks"], scale=state["buffer"]["scale"])
     self.buffer.load_state_dict(state["buffer"])
+    return self.load_state(state)
+
+def _load_state(self: Run, state: dict):
+    "Load the SAEs, optimizers, schedules, counters and RNGs of `state` (everything but the buffer)."
     for k in self.saes:
         self.saes[k].load_state_dict(state["saes"][k]); self.opts[k].load_state_dict(state["opts"][k])
         self.scheds[k].load_state_dict(state["scheds"][k])
@@ -246,7 +250,7 @@ def _restore(self: Run, state: dict):
     self.total_steps = self.step + (self.cfg.total_tokens - self.tokens) // (self.cfg.batch_size * self.world)
     torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"])
     return self
-Run.restore = _restore
+Run.restore, Run.load_state = _restore, _load_state
 
 # %% ../nbs/03_training.ipynb #1a236b38
 def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, float]]:
