@@ -16,7 +16,8 @@ __all__ = ['capture_cmd', 'train_cmd', 'main']
 
 # %% ../nbs/90_cli.ipynb #8a739774
 def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_post", source: str = "shakespeare",
-                tokens: int = 20_000, ctx_len: int = 128, batch: int = 8, out: str | None = None) -> dict:
+                tokens: int = 20_000, ctx_len: int = 128, batch: int = 8, out: str | None = None,
+                shard_rows: int = 65536) -> dict:
     "Capture `tokens` activations at `hook`, optionally write them to `out`, and return a summary."
     lm = load_model_for_hook(model, hook)
     t0, chunks, n = time.perf_counter(), [], 0
@@ -25,7 +26,7 @@ def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_pos
         if n >= tokens: break
     secs = time.perf_counter() - t0
     acts = torch.cat(chunks)[:tokens]
-    if out: write_shards(iter([acts]), out, meta={"model": model, "hook": hook, "source": str(source), "ctx_len": ctx_len})
+    if out: write_shards(iter([acts]), out, shard_rows=shard_rows, meta={"model": model, "hook": hook, "source": str(source), "ctx_len": ctx_len})
     return {"model": model, "hook": hook, "tokens": len(acts), "d_model": acts.shape[1], "seconds": round(secs, 2),
             "tokens_per_s": round(len(acts) / secs), "mean_norm": round(acts.norm(dim=-1).mean().item(), 3),
             "scaling_factor": round(norm_scaling_factor(acts), 5), "out": out}
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--ctx-len", type=int, default=128, help="tokens per context")
     c.add_argument("--batch", type=int, default=8, help="contexts per forward pass")
     c.add_argument("--out", default=None, help="folder to write activation shards to")
+    c.add_argument("--shard-rows", type=int, default=65536, help="activations per shard file (evaluation reads the shards training did not)")
     _add_train(sub)
     _add_eval(sub)
     return p
@@ -101,9 +103,12 @@ def _add_eval(sub):
     e.add_argument("--tokens", type=int, default=50_000, help="held-out activations for the core metrics")
     e.add_argument("--ce-batches", type=int, default=4, help="batches of contexts for the CE/KL scores")
     e.add_argument("--composition-steps", type=int, default=1500, help="meta-SAE training steps")
-    e.add_argument("--absorption-words", type=int, default=3000, help="words for first-letter absorption (0: skip)")
+    e.add_argument("--absorption-words", type=int, default=10_000, help="words for first-letter absorption (0: skip)")
     e.add_argument("--min-probe-f1", type=float, default=0.6, help="letters count when their probe's test F1 exceeds this")
     e.add_argument("--min-letters", type=int, default=20, help="fewest letters that must pass for absorption")
+    e.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="keep each SAE's trained inference threshold instead of calibrating it to L0 = k on held-out tokens")
+
 
 # %% ../nbs/90_cli.ipynb #68de59bf
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "capture":
-            s = capture_cmd(args.model, args.hook, args.source, args.tokens, args.ctx_len, args.batch, args.out)
+            s = capture_cmd(args.model, args.hook, args.source, args.tokens, args.ctx_len, args.batch, args.out, args.shard_rows)
             print(f"captured {s['tokens']:,} activations of width {s['d_model']} from {s['model']} at {s['hook']}")
             print(f"  {s['seconds']} s, {s['tokens_per_s']:,} tokens/s end to end (reading, tokenizing, model); mean norm {s['mean_norm']}, "
                   f"scaling factor {s['scaling_factor']}" + (f"; written to {s['out']}" if s["out"] else ""))
@@ -120,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("RANK", "0") == "0": _print_summary(s, args.run_dir or f"runs/{args.preset}")
         elif args.cmd == "eval":
             res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps,
-                               args.absorption_words, args.min_probe_f1, args.min_letters)
-            print(f"{res['n_tokens']:,} {'held-out ' if res['heldout'] else ''}activations; written to {args.run_dir}/metrics.json, metrics.png")
+                               args.absorption_words, args.min_probe_f1, args.min_letters, calibrate=args.calibrate)
+            h = res["heldout"]
+            print(f"{res['n_tokens']:,} held-out activations ({h['source']}, after the {h['skipped_chunks']} chunks training read); "
+                  f"written to {args.run_dir}/metrics.json, metrics.png")
             print(table1(res))
             if res["absorption_error"]: print(f"absorption not computed: {res['absorption_error']}")
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -14,8 +14,9 @@ from .orthogonality import cosine_matrix
 # %% auto #0
 __all__ = ['THRESHOLDS', 'core_metrics', 'plot_density', 'ce_kl_baseline', 'ce_kl_scores', 'max_cosines', 'mean_cos_sim',
            'clustering_coefficient', 'composition_rate', 'unique_fraction', 'plot_comparison', 'absorption_scores',
-           'letter_words', 'icl_prompt', 'letter_activations', 'train_probe', 'f1_scores', 'main_latents',
-           'letter_data', 'first_letter_absorption', 'evaluate_run', 'table1']
+           'letter_words', 'icl_prompt', 'letter_activations', 'fit_logistic', 'train_probe', 'f1_scores',
+           'rank_latents', 'main_latents', 'letter_probes', 'letter_data', 'bootstrap_ci', 'first_letter_absorption',
+           'calibrate_threshold', 'save_threshold', 'geometry_metrics', 'random_decoder', 'evaluate_run', 'table1']
 
 # %% ../nbs/04_metrics.ipynb #96672f8d
 @torch.no_grad()
@@ -171,28 +172,30 @@ def plot_comparison(results: dict[str, dict], W: dict[str, Tensor] | None = None
 def absorption_scores(acts: Tensor, x: Tensor, W_dec: Tensor, probe: Tensor, main: list[int], cos_min: float = 0.1,
                       top_absorbers: int = 3, min_share: float = 0.4, full_cos_min: float = 0.025) -> tuple[Tensor, Tensor]:
     "Absorption fraction and full-absorption flag per token, from SAE activations `acts`, `x - b_dec` and the probe."
-    p = probe / probe.norm()
+    p = probe.to(W_dec) / probe.norm()
     c = W_dec @ p / W_dec.norm(dim=1).clamp_min(1e-12)           # each latent's alignment with the probe
     pi, P = acts * (W_dec @ p), x @ p                              # contributions along p; the model's own projection
-    is_main = torch.zeros(W_dec.shape[0], dtype=torch.bool); is_main[main] = True
+    is_main = torch.zeros(W_dec.shape[0], dtype=torch.bool, device=W_dec.device); is_main[main] = True
     M = pi[:, is_main].sum(1)
     absorbing = pi.masked_fill(is_main | (c < cos_min), 0).clamp_min(0)
     A = absorbing.topk(min(top_absorbers, absorbing.shape[1]), dim=1).values.sum(1)
     u = torch.minimum(A, P - M)
-    frac = torch.where((M >= P) | (A / P.clamp_min(1e-12) < min_share), torch.zeros_like(P),
+    share = torch.where(P != 0, A / torch.where(P != 0, P, 1), 0)    # A/P keeps its sign: P < 0 never absorbs
+    frac = torch.where((M >= P) | (share < min_share), torch.zeros_like(P),
                        torch.where(M <= 0, torch.ones_like(P), (u / (u + M)).clamp(0, 1)))
-    top = pi.masked_fill(is_main, float("-inf")).max(1)
+    top = pi.max(1)                                                # the top projecting latent (SAEBench: of all latents)
     full = (acts[:, is_main] < 1e-8).all(1) & (c[top.indices] >= full_cos_min) & (P > 0) & (top.values / P.clamp_min(1e-12) >= min_share)
     return frac, full
 
 # %% ../nbs/04_metrics.ipynb #b61cdf3e
-def letter_words(tokenizer, n: int = 3000, min_len: int = 3, seed: int = 0) -> list[str]:
-    "Up to `n` random vocabulary entries of `min_len`+ ASCII letters that are one token at the start of a line."
+def letter_words(tokenizer, n: int | None = 3000, min_len: int = 3, seed: int = 0) -> list[str]:
+    "Up to `n` (None: all) random vocabulary entries of `min_len`+ ASCII letters, one token at the start of a line."
     import re, random
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     words = sorted({w for w in vocab if isinstance(w, str) and re.fullmatch(f"[A-Za-z]{{{min_len},}}", w)})
     random.Random(seed).shuffle(words)
-    return [w for w in words[:3 * n] if tokenizer.tokenize("\n" + w)[-1:] == [w]][:n]
+    words = words if n is None else words[:3 * n]
+    return [w for w in words if tokenizer.tokenize("\n" + w)[-1:] == [w]][:n]
 
 def icl_prompt(word: str, examples: list[str]) -> str:
     "SAEBench's in-context spelling prompt ending in `{word} has the first letter:`."
@@ -220,18 +223,26 @@ def letter_activations(model, hook: str, words: list[str], icl_words: list[str],
     return torch.cat(out)
 
 # %% ../nbs/04_metrics.ipynb #0f17ff56
-def train_probe(x: Tensor, y: Tensor, n_classes: int = 26, epochs: int = 300, lr: float = 1e-2, l1: float = 0.0,
-                l2: float = 1e-2) -> torch.nn.Linear:
-    "One-vs-rest logistic regression `x -> n_classes` with balanced class weights, L2 (and optionally L1) penalties."
-    probe, Y = torch.nn.Linear(x.shape[1], n_classes), torch.nn.functional.one_hot(y, n_classes).float()
-    pos = Y.sum(0).clamp_min(1); pos_weight = (len(y) - pos) / pos
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    for _ in range(epochs):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(probe((x - mu) / sd), Y, pos_weight=pos_weight)
-        opt.zero_grad(); (loss + l1 * probe.weight.abs().sum() + l2 * probe.weight.pow(2).sum()).backward(); opt.step()
-    with torch.no_grad():   # fold the standardisation into the weights: the probe reads raw x
-        probe.weight /= sd; probe.bias -= (probe.weight * mu).sum(1)
+def fit_logistic(x: Tensor, y: Tensor, C: float = 0.1, max_iter: int = 1000) -> tuple[Tensor, float]:
+    "Balanced binary logistic regression (scikit-learn, L2 on standardised `x`); weights for raw `x`, 0 on constant columns."
+    from sklearn.linear_model import LogisticRegression
+    X = x.detach().double().cpu().numpy(); mu, sd = X.mean(0), X.std(0)
+    live = sd > 1e-12                                              # a constant column carries no information
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter)
+    clf.fit((X[:, live] - mu[live]) / sd[live], y.cpu().numpy())
+    w = torch.zeros(x.shape[1], dtype=torch.float64)
+    w[torch.from_numpy(live)] = torch.from_numpy(clf.coef_[0] / sd[live])
+    return w.to(x.device, x.dtype), float(clf.intercept_[0] - (clf.coef_[0] * mu[live] / sd[live]).sum())
+
+# %% ../nbs/04_metrics.ipynb #b5212c1c
+def train_probe(x: Tensor, y: Tensor, n_classes: int = 26, C: float = 0.1) -> torch.nn.Linear:
+    "One-vs-rest probe `x -> n_classes`: a balanced logistic regression per class (an absent class never fires)."
+    probe = torch.nn.Linear(x.shape[1], n_classes).requires_grad_(False).to(x.device)
+    for c in range(n_classes):
+        yc = (y == c).long()
+        if 0 < yc.sum() < len(yc):
+            w, b = fit_logistic(x, yc, C); probe.weight[c], probe.bias[c] = w.float(), b
+        else: probe.weight[c], probe.bias[c] = 0.0, (1.0 if yc.all() else -1.0)
     return probe
 
 def f1_scores(pred: Tensor, y: Tensor, n_classes: int = 26) -> Tensor:
@@ -241,125 +252,244 @@ def f1_scores(pred: Tensor, y: Tensor, n_classes: int = 26) -> Tensor:
     return 2 * tp / (2 * tp + fp + fn).clamp_min(1)
 
 # %% ../nbs/04_metrics.ipynb #c4a5e49b
-def main_latents(f_train: Tensor, y_train: Tensor, f_test: Tensor, y_test: Tensor, letter: int, ranking: Tensor,
-                 max_k: int = 10, jump: float = 0.03) -> list[int]:
-    "A letter's main latents: the top-k of `ranking` for the largest k whose F1 still improved by more than `jump`."
-    best, chosen = -1.0, []
-    for k in range(1, max_k + 1):
+def rank_latents(f: Tensor, y: Tensor, n_classes: int = 26, l1: float = 1e-3, epochs: int = 200, lr: float = 1e-2,
+                 min_fires: int = 1, seed: int = 0) -> list[Tensor]:
+    "Per class: latents firing on >= `min_fires` rows of `f` with a positive weight in an L1 probe on standardised `f`, best first."
+    live = ((f > 0).sum(0) >= min_fires).nonzero().squeeze(1)
+    z = f[:, live].float(); z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
+    Y = torch.nn.functional.one_hot(y, n_classes).to(z); pos = Y.sum(0).clamp_min(1)
+    with torch.random.fork_rng(devices=[]): torch.manual_seed(seed); probe = torch.nn.Linear(len(live), n_classes).to(f.device)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(probe(z), Y, pos_weight=(len(y) - pos) / pos)
+            opt.zero_grad(); (loss + l1 * probe.weight.abs().sum()).backward(); opt.step()
+    w = probe.weight.detach()
+    return [live[w[c].argsort(descending=True)][: int((w[c] > 0).sum())] for c in range(n_classes)]
+
+# %% ../nbs/04_metrics.ipynb #a64efd96
+def main_latents(f_train: Tensor, y_train: Tensor, f_test: Tensor, y_test: Tensor, ranking: Tensor,
+                 max_k: int = 10, jump: float = 0.03) -> tuple[list[int], list[float]]:
+    "A class's main latents (top-k of `ranking` for the largest k whose F1 still rose by more than `jump`), and the F1s."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    best, chosen, f1s = -1.0, [], []
+    for k in range(1, min(max_k, len(ranking)) + 1):
         idx = ranking[:k].tolist()
-        probe = train_probe(f_train[:, idx], (y_train == letter).long(), n_classes=2, epochs=100)
-        f1 = f1_scores(probe(f_test[:, idx]) > 0, (y_test == letter).long(), 2)[1].item()
-        if f1 <= best + jump: break
-        best, chosen = f1, idx
-    return chosen
+        clf = LogisticRegression(class_weight="balanced", max_iter=500).fit(f_train[:, idx].cpu().numpy(), y_train.cpu().numpy())
+        f1s.append(float(f1_score(y_test.cpu().numpy(), clf.predict(f_test[:, idx].cpu().numpy()), zero_division=0.0)))
+        if f1s[-1] <= best + jump: break
+        best, chosen = f1s[-1], idx
+    return chosen, f1s
 
 # %% ../nbs/04_metrics.ipynb #7328f1a0
-def letter_data(model, hook: str, n_words: int = 3000, min_probe_f1: float = 0.6, min_letters: int = 20, seed: int = 0) -> dict:
+def letter_probes(x: Tensor, y: Tensor, split: int, min_probe_f1: float = 0.6, min_letters: int = 20, C: float = 0.1,
+                  where: str = "this layer") -> dict:
+    "Ground-truth letter probes on rows `[:split]` of `x`, their test F1 on the rest, and the letters that pass."
+    if not 0 < split < len(x): raise ValueError(f"split={split} must leave train and test words (have {len(x)} words).")
+    probe = train_probe(x[:split], y[:split], C=C)
+    with torch.no_grad(): f1 = f1_scores(probe(x[split:]) > 0, y[split:])
+    letters = [l for l in range(26) if f1[l] > min_probe_f1]
+    if len(letters) < min_letters:
+        raise ValueError(f"Only {len(letters)} letters have a ground-truth probe F1 > {min_probe_f1} (need {min_letters}): "
+                         f"the model spells too poorly at {where}. Lower min_probe_f1/min_letters, use more words, or a larger model.")
+    return dict(x=x, y=y, split=split, probe=probe, probe_f1=f1, letters=letters)
+
+def letter_data(model, hook: str, n_words: int | None = 3000, min_probe_f1: float = 0.6, min_letters: int = 20, seed: int = 0) -> dict:
     "Words, activations, 80/20 split and ground-truth letter probes for `model` at `hook`."
     words = letter_words(model.tokenizer, n_words, seed=seed)
     split = int(0.8 * len(words))
     x = letter_activations(model, hook, words, words[:split], seed=seed)
     y = torch.tensor([ord(w[0].lower()) - 97 for w in words])
-    probe = train_probe(x[:split], y[:split])
-    with torch.no_grad(): f1 = f1_scores(probe(x[split:]) > 0, y[split:])
-    letters = [l for l in range(26) if f1[l] > min_probe_f1]
-    if len(letters) < min_letters:
-        raise ValueError(f"Only {len(letters)} letters have a ground-truth probe F1 > {min_probe_f1} (need {min_letters}): "
-                         f"the model spells too poorly at {hook}. Lower min_probe_f1/min_letters, use more words, or a larger model.")
-    return dict(words=words, x=x, y=y, split=split, probe=probe, probe_f1=f1, letters=letters)
+    return dict(words=words, **letter_probes(x, y, split, min_probe_f1, min_letters, where=hook))
 
 # %% ../nbs/04_metrics.ipynb #5cb3e8bc
+def bootstrap_ci(groups: list[Tensor], n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    "Percentile interval of the mean over groups of each group's mean, resampling items within each group."
+    g = torch.Generator().manual_seed(seed)
+    means = torch.stack([v.double().cpu()[torch.randint(len(v), (n_boot, len(v)), generator=g)].mean(1) for v in groups])
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    return tuple(means.mean(0).quantile(q).tolist())
+
+# %% ../nbs/04_metrics.ipynb #66e83a0b
 @torch.no_grad()
-def first_letter_absorption(sae, data: dict, l1: float = 1e-3, max_k: int = 10, jump: float = 0.03, **thresholds) -> dict:
-    "Mean absorption fraction and full-absorption rate over the letters in `data`; `thresholds` go to `absorption_scores`."
-    x, y, s = data["x"], data["y"], data["split"]
-    f = sae.encode(x)
-    with torch.enable_grad(): sparse = train_probe(f[:s], y[:s], l1=l1, epochs=200)
-    per_letter = {}
+def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e-3, max_k: int = 10, jump: float = 0.03,
+                            n_boot: int = 1000, main: dict[str, list[int]] | None = None, **thresholds) -> dict:
+    "Mean absorption fraction and full-absorption rate (95% bootstrap intervals) over `data`'s letters; `main` overrides main latents."
+    dev = sae.W_dec.device
+    x, y, s, probe = data["x"].to(dev), data["y"].to(dev), data["split"], data["probe"].to(dev)
+    f, ranks, per, fr, fu = sae.encode(x), None, {}, [], []
     for l in data["letters"]:
-        with torch.enable_grad():
-            main = main_latents(f[:s], y[:s], f[s:], y[s:], l, sparse.weight[l].argsort(descending=True), max_k, jump)
-        hits = (y[s:] == l) & (data["probe"](x[s:])[:, l] > 0)            # test words of letter l the probe gets right
+        f1s, ml = [], (main or {}).get(chr(97 + l))
+        if ml is None:
+            ranks = ranks or rank_latents(f[:s], y[:s], l1=l1)
+            ml, f1s = main_latents(f[:s], (y[:s] == l).long(), f[s:], (y[s:] == l).long(), ranks[l], max_k, jump)
+        hits = (y[s:] == l) & (probe(x[s:])[:, l] > 0)           # test words of letter l the probe gets right
         if not hits.any(): continue
-        frac, full = absorption_scores(f[s:][hits], x[s:][hits] - sae.b_dec, sae.W_dec, data["probe"].weight[l], main, **thresholds)
-        per_letter[chr(97 + l)] = dict(absorption=frac.mean().item(), full_absorption=full.float().mean().item(),
-                                       n_main=len(main), n_words=int(hits.sum()))
-    vals = list(per_letter.values())
-    return dict(mean_absorption=sum(v["absorption"] for v in vals) / len(vals),
-                mean_full_absorption=sum(v["full_absorption"] for v in vals) / len(vals),
-                mean_split_features=sum(v["n_main"] - 1 for v in vals) / len(vals), letters=per_letter)
+        frac, full = absorption_scores(f[s:][hits], x[s:][hits] - (sae.b_dec if centre else 0), sae.W_dec,
+                                       probe.weight[l], ml, **thresholds)
+        fr.append(frac); fu.append(full.float())
+        per[chr(97 + l)] = dict(absorption=frac.mean().item(), full_absorption=full.float().mean().item(),
+                                main_latents=ml, k_sparse_f1=[round(v, 4) for v in f1s], n_words=int(hits.sum()))
+    mean = lambda v: sum(t.mean().item() for t in v) / len(v)
+    return dict(mean_absorption=mean(fr), absorption_ci=bootstrap_ci(fr, n_boot), mean_full_absorption=mean(fu),
+                full_absorption_ci=bootstrap_ci(fu, n_boot), letters=per,
+                mean_split_features=sum(len(v["main_latents"]) - 1 for v in per.values()) / len(per))
 
 # %% ../nbs/04_metrics.ipynb #3ba598ce
+def _train_position(run_dir: Path) -> tuple[int, bool]:
+    "How many chunks of the activation stream training read, and whether it read the source to its end (last checkpoint)."
+    from ortsae.train import TrainConfig, load_checkpoint
+    if not (run_dir / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"{run_dir}/checkpoint.pt is missing: evaluation can't tell held-out tokens from training "
+                                f"tokens without it. Train the run to the end with ortsae (the last checkpoint is kept).")
+    buf = load_checkpoint(run_dir / "checkpoint.pt", TrainConfig.load(run_dir / "config.json"))["buffer"]
+    return buf["n_chunks"], buf.get("exhausted", False)
+
+# %% ../nbs/04_metrics.ipynb #421ff14f
 def _heldout(cfg, run_dir: Path, n_tokens: int, device: str):
-    "Held-out activations (the stream after training's last chunk) and the model (None for cached activations)."
-    from ortsae.activations import read_shards, load_model, activation_stream, special_ids
-    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False) if (run_dir / "checkpoint.pt").exists() else None
-    skip = ckpt["buffer"]["n_chunks"] if ckpt else 0
+    "Held-out activations (the stream after what training read), the full model (None for cached activations), and where from."
+    from ortsae.activations import read_shards, load_model, hook_layer, activation_stream
+    (skip, exhausted), model, parts, n = _train_position(run_dir), None, [], 0
     if cfg.source.startswith("shards:"):
-        chunks, model = list(read_shards(cfg.source[len("shards:"):])), None
-        acts = torch.cat(chunks[skip:] or chunks[-1:])      # cached activations may all have been used: say so below
+        stream = read_shards(cfg.source[len("shards:"):])
+        for _ in range(skip): next(stream, None)
     else:
-        model = load_model(cfg.model, device=device)
-        stream, parts, n = activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), [], 0
-        while n < n_tokens and (c := next(stream, None)) is not None: parts.append(c); n += len(c)
-        acts = torch.cat(parts)
-    return acts[:n_tokens], model, skip
+        model = load_model(cfg.model, device=device); hook_layer(model, cfg.hook)   # whole: CE/KL need the logits
+        stream = activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip)
+    while not exhausted and n < n_tokens and (c := next(stream, None)) is not None: parts.append(c); n += len(c)
+    if not parts: raise ValueError(f"No held-out activations: training read all {skip} chunks of {cfg.source}. Cache more "
+                                   f"activations than training uses (or evaluate on a longer corpus).")
+    info = dict(source=cfg.source, skipped_chunks=skip, chunks=len(parts), tokens=min(n, n_tokens))
+    return torch.cat(parts)[:n_tokens], model, info
 
 # %% ../nbs/04_metrics.ipynb #9480b2c7
-def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,
-                 absorption_words: int = 3000, min_probe_f1: float = 0.6, min_letters: int = 20,
-                 device: str = "cpu", plot: bool = True, letters: dict | None = None) -> dict:
-    "Every metric for every SAE in a run folder; writes `metrics.json` (and `metrics.png`) there."
-    from ortsae.train import TrainConfig
+@torch.no_grad()
+def calibrate_threshold(sae, acts: Tensor, target: float | None = None, batch_size: int = 4096) -> float:
+    "Set `sae.threshold` so its inference L0 on all of `acts` is `target` (default `sae.k`): the N*target-th largest pre-activation."
+    target, dev = sae.k if target is None else target, sae.W_enc.device
+    kth = int(round(len(acts) * target))
+    if not 0 < kth < len(acts) * sae.d_sae: raise ValueError(f"target L0 {target} must be in (0, d_sae={sae.d_sae}).")
+    sub = sae.pre_acts(acts[::max(1, len(acts) * sae.d_sae // 2**24)].to(dev))          # an estimate from spread-out rows
+    lo = sub.flatten().topk(min(sub.numel(), int(1.5 * target * len(sub)) + 1)).values[-1].item()
+    while True:   # every pre-activation above `lo`, from all rows: exact, in memory ~1.5 N target
+        kept = torch.cat([p[p > lo] for p in (sae.pre_acts(x.to(dev)) for x in acts.split(batch_size))])
+        if len(kept) > kth or lo <= 0: break
+        lo = lo / 2 if lo > 1e-6 else 0.0
+    sae.threshold.fill_(kept.topk(kth + 1).values[-1].item() if len(kept) > kth else 0.0)
+    return sae.threshold.item()
+
+# %% ../nbs/04_metrics.ipynb #a4a7b45f
+def save_threshold(folder: str | Path, threshold: float, info: dict):
+    "Write a calibrated inference threshold into a saved SAE (weights and `cfg.json`); the trained one is kept in `cfg.json`."
+    from safetensors.torch import load_file, save_file
+    folder = Path(folder); w = load_file(str(folder / "sae_weights.safetensors"))
+    cfg = json.loads((folder / "cfg.json").read_text()); o = cfg.setdefault("ortsae", {})
+    o["threshold_calibration"] = {**info, "trained_threshold": o.get("threshold_calibration", {}).get(
+        "trained_threshold", w["threshold"][0].item())}
+    w["threshold"] = torch.full_like(w["threshold"], threshold)
+    save_file(w, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))
+
+# %% ../nbs/04_metrics.ipynb #5545abf3
+def geometry_metrics(W: Tensor, composition_steps: int = 1500) -> dict:
+    "MeanCosSim, clustering (at `THRESHOLDS`) and composition rate of a decoder `W`."
+    return dict(mean_cos_sim=mean_cos_sim(W), clustering=[clustering_coefficient(W, t) for t in THRESHOLDS],
+                composition_rate=composition_rate(W, steps=composition_steps))
+
+def random_decoder(d_sae: int, d_in: int, seed: int = 12345, device: str = "cpu") -> Tensor:
+    "A random decoder of the same shape (Gaussian rows): the chance level of every geometry metric."
+    return torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(seed)).to(device)
+
+# %% ../nbs/04_metrics.ipynb #665fbbe4
+def _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters):
+    "Letter data for absorption (None and the reason when the model doesn't spell well enough)."
+    from ortsae.activations import load_model_for_hook
+    lm = model if model is not None else load_model_for_hook(cfg.model, cfg.hook, device)   # load once
+    try: return letter_data(lm, cfg.hook, absorption_words, min_probe_f1, min_letters), None
+    except ValueError as e: return None, str(e)
+
+def _ce_batches(cfg, model, skip: int, n: int, device: str) -> list[dict]:
+    "Clean and zero-ablation baselines on `n` batches of contexts after the held-out activations (at most 128 tokens)."
     from ortsae.activations import token_batches, special_ids
+    tb, keep = token_batches(model, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), special_ids(model.tokenizer)
+    return [ce_kl_baseline(model, t[:, :128].to(device), cfg.hook, keep) for _, t in zip(range(n), tb)]
+
+# %% ../nbs/04_metrics.ipynb #6312c2ff
+def _sae_metrics(name, sae, path, acts, letters, baselines, model, cfg, calibrate, composition_steps) -> dict:
+    "Every metric of one SAE (calibrating and saving its threshold first when `calibrate`)."
+    trained = json.loads((path / "cfg.json").read_text()).get("ortsae", {}).get("threshold_calibration", {}).get("trained_threshold")
+    if trained is not None: sae.threshold.fill_(trained)                    # an earlier evaluation calibrated it
+    r = dict(k=sae.k, threshold_trained=sae.threshold.item())
+    if calibrate:
+        t = calibrate_threshold(sae, acts); save_threshold(path, t, dict(target_l0=sae.k, tokens=len(acts), source=cfg.source))
+    r.update({k: v for k, v in core_metrics(sae, acts).items() if k != "density"}, threshold=sae.threshold.item())
+    if r["dead_frac"] == 1: raise ValueError(f"SAE {name!r} has no live latents on the evaluation tokens.")
+    r.update(geometry_metrics(sae.W_dec.detach(), composition_steps), absorption=None)
+    if letters:
+        a = first_letter_absorption(sae, letters)
+        r.update(absorption=a["mean_absorption"], absorption_ci=a["absorption_ci"], full_absorption=a["mean_full_absorption"],
+                 full_absorption_ci=a["full_absorption_ci"], absorption_letters=a["letters"])
+    if baselines:
+        ce = [ce_kl_scores(model, sae, b["tokens"], cfg.hook, b["keep_ids"], baseline=b) for b in baselines]
+        r.update({k: sum(c[k] for c in ce) / len(ce) for k in ce[0]})
+    return r
+
+# %% ../nbs/04_metrics.ipynb #e250cfb8
+def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,
+                 absorption_words: int | None = 10_000, min_probe_f1: float = 0.6, min_letters: int = 20,
+                 device: str = "cpu", plot: bool = True, letters: dict | None = None, calibrate: bool = True) -> dict:
+    "Every metric for every SAE in a run folder, on held-out tokens; writes `metrics.json` (and `metrics.png`) there."
+    from ortsae.train import TrainConfig
+    from tqdm.auto import tqdm
     run_dir = Path(run_dir)
     if not (run_dir / "saes").is_dir(): raise FileNotFoundError(f"No trained SAEs in {run_dir}/saes: train (to the end) first.")
     cfg = TrainConfig.load(run_dir / "config.json")
-    saes = {p.name: load_sae(p).to(device) for p in sorted((run_dir / "saes").iterdir()) if (p / "cfg.json").exists()}
-    acts, model, skip = _heldout(cfg, run_dir, n_tokens, device)
-    baselines = []
-    if model is not None:
-        tb = token_batches(model, cfg.source, min(cfg.ctx_len, 128), cfg.model_batch, skip=skip)
-        keep = special_ids(model.tokenizer)
-        baselines = [ce_kl_baseline(model, t.to(device), cfg.hook, keep) for _, t in zip(range(ce_batches), tb)]
-    out = {"run": str(run_dir), "n_tokens": len(acts), "heldout": skip > 0, "saes": {}, "absorption_error": None}
-    if absorption_words and letters is None:
-        from ortsae.activations import load_model_for_hook
-        lm = model if model is not None else load_model_for_hook(cfg.model, cfg.hook, device)   # load once
-        try: letters = letter_data(lm, cfg.hook, absorption_words, min_probe_f1, min_letters)
-        except ValueError as e: out["absorption_error"] = str(e)
-        if letters: out["probe_f1"] = {chr(97 + l): round(letters["probe_f1"][l].item(), 3) for l in range(26)}
-    for name, sae in saes.items():
-        W = sae.W_dec.detach()
-        r = {k: v for k, v in core_metrics(sae, acts.to(device)).items() if k != "density"}
-        if r["dead_frac"] == 1: raise ValueError(f"SAE {name!r} has no live latents on the evaluation tokens.")
-        r.update(mean_cos_sim=mean_cos_sim(W), clustering=[clustering_coefficient(W, t) for t in THRESHOLDS],
-                 composition_rate=composition_rate(W, steps=composition_steps), absorption=None)
-        if letters:
-            a = first_letter_absorption(sae, letters)
-            r.update(absorption=a["mean_absorption"], full_absorption=a["mean_full_absorption"], absorption_letters=a["letters"])
-        if baselines:
-            ce = [ce_kl_scores(model, sae, b["tokens"], cfg.hook, b["keep_ids"], baseline=b) for b in baselines]
-            r.update({k: sum(c[k] for c in ce) / len(ce) for k in ce[0]})
-        if "batchtopk" in saes and name != "batchtopk":
-            r["unique_vs_batchtopk"] = unique_fraction(W, saes["batchtopk"].W_dec.detach())
-            r["batchtopk_unique_vs_this"] = unique_fraction(saes["batchtopk"].W_dec.detach(), W)
-        out["saes"][name] = r
+    paths = {p.name: p for p in sorted((run_dir / "saes").iterdir()) if (p / "cfg.json").exists()}
+    saes = {k: load_sae(p).to(device) for k, p in paths.items()}
+    acts, model, held = _heldout(cfg, run_dir, n_tokens, device)
+    baselines = _ce_batches(cfg, model, held["skipped_chunks"] + held["chunks"], ce_batches, device) if model else []
+    out = dict(run=str(run_dir), n_tokens=len(acts), heldout=held, calibrated=calibrate, saes={}, absorption_error=None)
+    if absorption_words != 0 and letters is None:
+        letters, out["absorption_error"] = _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters)
+    if letters: out["probe_f1"] = {chr(97 + l): round(letters["probe_f1"][l].item(), 3) for l in range(26)}
+    for name, sae in tqdm(saes.items(), desc="evaluating SAEs"):
+        out["saes"][name] = _sae_metrics(name, sae, paths[name], acts.to(device), letters, baselines, model, cfg, calibrate, composition_steps)
+    _add_baselines(out, saes, composition_steps, device)
     (run_dir / "metrics.json").write_text(json.dumps(out, indent=1))
-    if plot:
-        import matplotlib.pyplot as plt
-        fig = plot_comparison(out["saes"], {k: s.W_dec.detach().cpu() for k, s in saes.items()})
-        fig.savefig(run_dir / "metrics.png", dpi=100); plt.close(fig)
+    if plot: _save_plot(out, saes, run_dir)
     return out
+
+# %% ../nbs/04_metrics.ipynb #aa8c0b93
+def _add_baselines(out: dict, saes: dict, composition_steps: int, device: str):
+    "Unique features against BatchTopK for every other SAE, and the random-decoder row of every geometry metric."
+    any_sae = next(iter(saes.values()))
+    Wr = random_decoder(any_sae.d_sae, any_sae.d_in, device=device)
+    out["random_decoder"] = geometry_metrics(Wr, composition_steps)
+    if "batchtopk" not in saes: return
+    Wb = saes["batchtopk"].W_dec.detach()
+    out["random_decoder"]["unique_vs_batchtopk"] = unique_fraction(Wr, Wb)
+    for name, sae in saes.items():
+        if name == "batchtopk": continue
+        out["saes"][name]["unique_vs_batchtopk"] = unique_fraction(sae.W_dec.detach(), Wb)
+        out["saes"][name]["batchtopk_unique_vs_this"] = unique_fraction(Wb, sae.W_dec.detach())
+
+def _save_plot(out: dict, saes: dict, run_dir: Path):
+    import matplotlib.pyplot as plt
+    fig = plot_comparison(out["saes"], {k: s.W_dec.detach().cpu() for k, s in saes.items()})
+    fig.savefig(run_dir / "metrics.png", dpi=100); plt.close(fig)
 
 # %% ../nbs/04_metrics.ipynb #096b572b
 def table1(results: dict) -> str:
-    "The paper's Table 1 columns (EV, MeanCosSim, composition, absorption) plus CE/KL score, L0 and dead fraction."
+    "The paper's Table 1 columns (EV, MeanCosSim, composition, absorption), CE/KL score, k and L0, and a random decoder."
     f = lambda v, spec: "n/a" if v is None else format(v, spec)
     lines = [f"{'SAE':16s} {'Expl. var.':>10s} {'(legacy)':>9s} {'MeanCosSim':>10s} {'Comp. rate':>10s} {'Abs. rate':>9s} "
-             f"{'CE score':>8s} {'KL score':>8s} {'L0':>6s} {'dead':>6s}"]
+             f"{'(95% CI)':>13s} {'CE score':>8s} {'KL score':>8s} {'k':>4s} {'L0':>6s} {'dead':>6s}"]
     for k, r in results["saes"].items():
+        ci = r.get("absorption_ci")
         lines.append(f"{k:16s} {r['explained_variance']:10.3f} {r['explained_variance_legacy']:9.3f} {r['mean_cos_sim']:10.3f} "
-                     f"{r['composition_rate']:10.3f} {f(r['absorption'], '9.3f'):>9s} {f(r.get('ce_score'), '8.3f'):>8s} "
-                     f"{f(r.get('kl_score'), '8.3f'):>8s} {r['l0']:6.1f} {r['dead_frac']:6.1%}")
+                     f"{r['composition_rate']:10.3f} {f(r['absorption'], '9.3f'):>9s} {(f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else ''):>13s} "
+                     f"{f(r.get('ce_score'), '8.3f'):>8s} {f(r.get('kl_score'), '8.3f'):>8s} {r.get('k', 0):4d} {r['l0']:6.1f} {r['dead_frac']:6.1%}")
+    if (rd := results.get("random_decoder")):
+        lines.append(f"{'random decoder':16s} {'':>10s} {'':>9s} {rd['mean_cos_sim']:10.3f} {rd['composition_rate']:10.3f}")
     return "\n".join(lines)

@@ -373,9 +373,12 @@ def load_sae(folder: str | Path) -> BatchTopKSAE:
     cfg = json.loads((folder / "cfg.json").read_text())
     o = dict(cfg.get("ortsae", {}))
     cls = SAE_CLASSES.get(o.pop("class", "BatchTopKSAE"), BatchTopKSAE)
-    o.pop("scaling_factor_folded", None)
+    for info in ("scaling_factor_folded", "threshold_calibration"): o.pop(info, None)   # records, not constructor arguments
     sae = cls(**{"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], **o})
-    w = load_file(str(folder / "sae_weights.safetensors"))
+    try: w = load_file(str(folder / "sae_weights.safetensors"))
+    except Exception as e:
+        raise ValueError(f"{folder}/sae_weights.safetensors is missing or corrupt ({type(e).__name__}: {e}); "
+                         f"save the SAE again (or retrain the run).") from e
     state = sae.state_dict()   # keeps whatever training-only state the class has (counters, generators)
     state.update({k: w[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, threshold=w["threshold"][0])
     sae.load_state_dict(state)

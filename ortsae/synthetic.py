@@ -13,11 +13,13 @@ from .sae import explained_variance
 from .orthogonality import full_penalty, random_max_cos
 from .train import make_config, Run
 from .metrics import mean_cos_sim
+from .activations import norm_scaling_factor
 
 # %% auto #0
 __all__ = ['SYN_CONFIG', 'COLUMNS', 'true_dictionary', 'SyntheticData', 'check_synthetic', 'firing_probabilities',
            'match_latents', 'uniqueness', 'detection_scores', 'absorption', 'composed', 'ground_truth_metrics',
-           'train_variants', 'score_variants', 'summarize', 'table', 'plot_variants']
+           'train_variants', 'score_variants', 'summarize', 'paired_differences', 'diff_table', 'table',
+           'plot_variants']
 
 # %% ../nbs/05_synthetic.ipynb #0fffa058
 def true_dictionary(n_features: int, d: int, spread: int = 0, seed: int = 0) -> Tensor:
@@ -42,6 +44,8 @@ class SyntheticData:
         self.parent_of = torch.full((n_features,), -1)
         self.parent_of[n_parents:n_parents * (1 + n_children)] = torch.arange(n_parents).repeat_interleave(n_children)
         self.probs = firing_probabilities(self, mean_l0, zipf, seed)
+        self.scale = 1.0        # then, like real activations (chapter 00): E||x||^2 = d
+        self.scale = norm_scaling_factor(self.sample(20_000, torch.Generator().manual_seed(seed + 7))[0])
 
 # %% ../nbs/05_synthetic.ipynb #188afa20
 def check_synthetic(n_features, d, n_parents, n_children, p_child, mean_l0, corr, corr_size):
@@ -73,7 +77,7 @@ def firing_probabilities(data: SyntheticData, mean_l0: float, zipf: float, seed:
 # %% ../nbs/05_synthetic.ipynb #2eaccbbf
 @patch
 def sample(self: SyntheticData, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    "`n` activations `x = c @ D + noise` and their true codes `c`."
+    "`n` activations `x = scale * (c @ D + noise)` and their true codes `c`."
     g, top = generator, (self.parent_of < 0).nonzero().squeeze(1)
     z = torch.randn(n, len(top), generator=g)
     if self.corr > 0:   # a shared normal per group of `corr_size` independent features
@@ -84,7 +88,7 @@ def sample(self: SyntheticData, n: int, generator: torch.Generator | None = None
     c[:, top] = (z > torch.special.ndtri(1 - self.probs[top])).float()
     c[:, self.P:self.P * (1 + self.K)] = self._children(c[:, :self.P] > 0, g).float()
     c = c * (1 + self.mag_std * torch.randn(n, self.N, generator=g)).clamp_min(0.05)
-    return c @ self.D + self.noise * torch.randn(n, self.d, generator=g), c
+    return self.scale * (c @ self.D + self.noise * torch.randn(n, self.d, generator=g)), c
 
 # %% ../nbs/05_synthetic.ipynb #c4fcb0da
 @patch
@@ -211,6 +215,27 @@ def summarize(scores: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float,
         t = {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
         out[name] = {k: (v.mean().item(), v.std().item() if len(v) > 1 else 0.0) for k, v in t.items()}
     return out
+
+# %% ../nbs/05_synthetic.ipynb #ac14af44
+def paired_differences(scores: dict[str, list[dict]], base: str = "BatchTopK", level: float = 0.95) -> dict:
+    "Per variant and metric: mean of the per-seed difference to `base`, and its `level` t-interval over seeds."
+    from scipy.stats import t as student
+    out = {}
+    for name, rows in scores.items():
+        if name == base: continue
+        if len(rows) != len(scores[base]) or len(rows) < 2: raise ValueError(f"{name!r}: need >= 2 seeds, as many as {base!r}.")
+        out[name] = {}
+        for k in rows[0]:
+            d = torch.tensor([r[k] - b[k] for r, b in zip(rows, scores[base])], dtype=torch.float64)
+            h = student.ppf((1 + level) / 2, len(d) - 1) * d.std().item() / math.sqrt(len(d))
+            out[name][k] = (d.mean().item(), d.mean().item() - h, d.mean().item() + h)
+    return out
+
+def diff_table(diffs: dict, columns: list[str] = ("mcc", "absorption", "mean_cos_sim", "ev"), base: str = "BatchTopK") -> str:
+    "A markdown table of paired differences `mean [low, high]`."
+    head = f"| variant - {base} | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+    return head + "".join(f"| {n} | " + " | ".join(f"{d[c][0]:+.3f} [{d[c][1]:+.3f}, {d[c][2]:+.3f}]" for c in columns) + " |\n"
+                          for n, d in diffs.items())
 
 # %% ../nbs/05_synthetic.ipynb #e06ddfca
 COLUMNS = ["mcc", "f1", "absorption", "parent_recall", "composition", "mean_cos_sim", "ev", "l0", "dead"]

@@ -15,9 +15,9 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size
 
 # %% auto #0
-__all__ = ['PRESETS', 'SAE_KINDS', 'RUN_FILES', 'TrainConfig', 'make_config', 'parse_kind', 'build_sae', 'memory_needed',
-           'check_memory', 'lr_factor', 'activation_source', 'atomic_save', 'Run', 'load_checkpoint', 'train', 'finish',
-           'plot_run']
+__all__ = ['PRESETS', 'POSITIVE', 'SAE_KINDS', 'RUN_FILES', 'TrainConfig', 'check_values', 'make_config', 'parse_kind',
+           'build_sae', 'memory_needed', 'check_memory', 'lr_factor', 'activation_source', 'atomic_save', 'Run',
+           'load_checkpoint', 'train', 'finish', 'plot_run']
 
 # %% ../nbs/03_training.ipynb #e4926109
 @dataclass
@@ -93,8 +93,19 @@ def _from_dict(cls, d: dict) -> TrainConfig:
     if unknown: raise ValueError(f"Unknown config field(s) {unknown}. Valid fields: {sorted(hints)}")
     for k, v in d.items():
         if not _type_ok(v, hints[k]): raise ValueError(f"Config field {k!r} should be {hints[k]}, got {v!r}.")
-    return cls(**d)
+    cfg = cls(**d); check_values(cfg)
+    return cfg
 TrainConfig.from_dict = _from_dict
+
+POSITIVE = ["ctx_len", "model_batch", "buffer_size", "total_tokens", "d_sae", "k", "batch_size", "chunk_size", "every",
+            "log_every", "checkpoint_every", "n_scale", "lr"]
+
+def check_values(cfg: TrainConfig):
+    "Refuse values that can't train: sizes, counts and the learning rate must be positive; one batch at least."
+    bad = {k: getattr(cfg, k) for k in POSITIVE if not getattr(cfg, k) > 0}
+    if bad: raise ValueError(f"Config field(s) {bad} must be > 0.")
+    if cfg.total_tokens < cfg.batch_size:
+        raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch (batch_size={cfg.batch_size}).")
 
 # %% ../nbs/03_training.ipynb #90eed460
 def _save_json(self: TrainConfig, path: str | Path): Path(path).write_text(json.dumps(asdict(self), indent=1))
@@ -354,6 +365,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
                 if run.is_main: atomic_save(state, run_dir / "checkpoint.pt")
             bar.update(1)
     bar.close()
+    if ran_out:                   # the checkpoint records that the whole source was read (evaluation has nothing held out)
+        run.seconds += time.perf_counter() - t0; state = run.state()
+        if run.is_main: atomic_save(state, run_dir / "checkpoint.pt")
     if (run.step >= run.total_steps or ran_out) and run.is_main: finish(run)
     return run
 

@@ -102,19 +102,84 @@ def test_too_few_letters_is_a_clear_error(smol):
         letter_data(smol, "blocks.2.hook_resid_post", n_words=150, min_letters=26)
 
 
-def test_eval_refuses_sae_without_live_latents(tmp_path):
+def _trained_run(tmp_path, rows=6000, total=2048):
+    "A tiny run trained on cached random activations (shards of 2,000 rows; column 0 marks the shard), and the cache."
+    from ortsae.train import train
     g = torch.Generator().manual_seed(0)
-    write_shards(iter([torch.randn(3000, 16, generator=g)]), tmp_path / "acts")
-    cfg = make_config("smoke", source=f"shards:{tmp_path / 'acts'}", d_sae=64, k=4)
-    (tmp_path / "run" / "saes").mkdir(parents=True); cfg.save(tmp_path / "run" / "config.json")
-    sae = _sae()
-    sae.threshold.fill_(1e9)                     # nothing can fire
-    sae.save(tmp_path / "run" / "saes" / "batchtopk")
+    x = torch.randn(rows, 16, generator=g); x[:, 0] = torch.arange(rows) // 2000      # the shard each row sits in
+    write_shards(iter([x]), tmp_path / "acts", shard_rows=2000)
+    cfg = make_config("smoke", source=f"shards:{tmp_path / 'acts'}", d_sae=64, k=4, k_aux=8, batch_size=256, buffer_size=512,
+                      total_tokens=total, chunk_size=64, n_scale=256, warmup_steps=1, log_every=4, checkpoint_every=4,
+                      saes=["batchtopk", "ortsae"])
+    train(cfg, tmp_path / "run", progress=False)
+    return tmp_path / "run"
+
+
+def test_eval_uses_only_activations_training_never_read(tmp_path):
+    from ortsae.metrics import _heldout
+    from ortsae.train import TrainConfig
+    run = _trained_run(tmp_path)        # 8 steps of 256 = 2,048 rows: the first shard (2,000) and part of the second
+    acts, model, held = _heldout(TrainConfig.load(run / "config.json"), run, 10_000, "cpu")
+    assert model is None and held["skipped_chunks"] == 2 and held["chunks"] == 1
+    assert (acts[:, 0] == 2).all() and len(acts) == 2000               # only the third shard: never read by training
+    res = evaluate_run(run, n_tokens=10_000, absorption_words=0, composition_steps=10, plot=False)
+    assert res["heldout"] == held == json.loads((run / "metrics.json").read_text())["heldout"]
+
+
+def test_eval_refuses_a_run_that_read_its_whole_source(tmp_path):
+    run = _trained_run(tmp_path, rows=4000, total=256 * 40)           # the corpus runs out before 40 steps
+    assert json.loads((run / "summary.json").read_text())["steps"] < 40
+    with pytest.raises(ValueError, match="No held-out activations: training read all 2 chunks"):
+        evaluate_run(run, absorption_words=0, composition_steps=10, plot=False)
+
+
+def test_eval_on_a_live_stream_keeps_the_whole_model_for_ce_kl(tmp_path):
+    from dataclasses import asdict
+    from ortsae.metrics import _heldout
+    cfg = make_config("smoke", model_batch=2, ctx_len=32)
+    (tmp_path / "saes").mkdir(); cfg.save(tmp_path / "config.json")
+    torch.save({"cfg": asdict(cfg), "buffer": {"n_chunks": 3, "exhausted": False}}, tmp_path / "checkpoint.pt")
+    acts, model, held = _heldout(cfg, tmp_path, 100, "cpu")
+    assert model.cfg.n_layers == 30 and acts.shape == (100, 576) and held["skipped_chunks"] == 3   # not cut at the hook
+
+
+def test_eval_refuses_when_training_read_every_activation(tmp_path):
+    run = _trained_run(tmp_path, rows=2000, total=1536)          # one shard, all of it read into the buffer
+    with pytest.raises(ValueError, match="No held-out activations: training read all 1 chunks"):
+        evaluate_run(run, absorption_words=0, composition_steps=10, plot=False)
+
+
+def test_eval_without_a_checkpoint_cannot_tell_held_out(tmp_path):
+    run = _trained_run(tmp_path)
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="can't tell held-out tokens"):
+        evaluate_run(run, absorption_words=0, composition_steps=10, plot=False)
+
+
+def test_eval_calibrates_l0_to_k_and_saves_the_threshold(tmp_path):
+    from ortsae.sae import load_sae
+    run = _trained_run(tmp_path)
+    res = evaluate_run(run, absorption_words=0, composition_steps=10, plot=False)
+    for name, r in res["saes"].items():
+        assert r["k"] == 4 and abs(r["l0"] - 4) <= 0.02 * 4, (name, r["l0"])
+        back = load_sae(run / "saes" / name)
+        assert back.threshold.item() == pytest.approx(r["threshold"])
+        info = json.loads((run / "saes" / name / "cfg.json").read_text())["ortsae"]["threshold_calibration"]
+        assert info["target_l0"] == 4 and info["trained_threshold"] == pytest.approx(r["threshold_trained"])
+    again = evaluate_run(run, absorption_words=0, composition_steps=10, plot=False, calibrate=False)
+    for name, r in again["saes"].items():                       # the trained threshold is restored, not the calibrated one
+        assert r["threshold"] == r["threshold_trained"] == pytest.approx(res["saes"][name]["threshold_trained"])
+    assert "random decoder" in table1(res) and res["random_decoder"]["mean_cos_sim"] > 0
+    assert 0 <= res["saes"]["ortsae"]["unique_vs_batchtopk"] <= 1 and 0 <= res["random_decoder"]["unique_vs_batchtopk"] <= 1
+
+
+def test_eval_refuses_sae_without_live_latents(tmp_path):
+    from ortsae.sae import load_sae
+    run = _trained_run(tmp_path)
+    for name in ("batchtopk", "ortsae"):
+        sae = load_sae(run / "saes" / name); sae.threshold.fill_(1e9); sae.save(run / "saes" / name)   # nothing can fire
     with pytest.raises(ValueError, match="no live latents"):
-        evaluate_run(tmp_path / "run", absorption_words=0, composition_steps=10, plot=False)
-    sae.threshold.fill_(0.1); sae.save(tmp_path / "run" / "saes" / "batchtopk")
-    res = evaluate_run(tmp_path / "run", absorption_words=0, composition_steps=10, plot=False)
-    assert "batchtopk" in table1(res) and json.loads((tmp_path / "run" / "metrics.json").read_text())["saes"]
+        evaluate_run(run, absorption_words=0, composition_steps=10, plot=False, calibrate=False)
 
 
 def test_eval_needs_trained_saes(tmp_path):

@@ -55,3 +55,14 @@ def test_an_sae_with_the_true_decoder_scores_mcc_one():
                                      (dict(mean_l0=0), "mean_l0=0"), (dict(corr=2), "corr=2"), (dict(n_features=2.5), "n_features=2.5")])
 def test_bad_settings_are_refused(kw, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(".", r"\.")): SyntheticData(**kw)
+
+
+def test_synthetic_activations_have_the_real_runs_scale():
+    "E||x||^2 = d, as chapter 00 scales real activations; codes are unscaled and x is exactly scale * codes @ D."
+    import torch
+    from ortsae.synthetic import SyntheticData
+    for kw in (dict(), dict(n_features=128, d=32, mean_l0=3, noise=0.05)):
+        data = SyntheticData(seed=3, **kw)
+        x, c = data.sample(30_000, torch.Generator().manual_seed(0))
+        assert abs(x.pow(2).sum(1).mean().item() / data.d - 1) < 0.03
+        if not kw: assert torch.allclose(x, data.scale * c @ data.D, atol=1e-5)
