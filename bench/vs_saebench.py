@@ -11,8 +11,9 @@ evaluate, and per letter.
 SAEBench computes a latent's contribution along the probe as activation x cos(decoder row, probe), which is in the
 model's units only for unit-norm decoder rows. ortsae's saved SAEs fold the activation scale into the decoder, so
 SAEBench gets an equivalent copy with unit-norm rows (encoder, bias and threshold multiplied by the row norm: the
-same reconstruction, the same firing pattern). ortsae is run twice: with SAEBench's P = x.p (`centre=False`) and with
-its default P = (x - b_dec).p.
+same reconstruction, the same firing pattern). ortsae is run with SAEBench's P = x.p (`centre=False`) and with its
+default P = (x - b_dec).p; with `recipe="saebench"` (SAEBench's Adam-trained probes, re-implemented); and with
+SAEBench's own probe and main latents plugged in, which isolates the per-word arithmetic.
 
     python bench/vs_saebench.py                          # runs/smoke's SAEs plus a random SAE, 6,000 words
     python bench/vs_saebench.py --l1-batch 256           # also SAEBench with a smaller batch for its L1 probe
@@ -76,11 +77,13 @@ def ortsae_side(folders: dict, npz: Path, mains: dict) -> dict:
     d = np.load(npz)
     x, y, split = torch.from_numpy(d["x"]), torch.from_numpy(d["y"]), int(d["split"])
     data = letter_probes(x, y, split, min_probe_f1=0.6, min_letters=0)
+    sb_recipe = letter_probes(x, y, split, min_probe_f1=0.6, min_letters=0, recipe="saebench")   # SAEBench's training
     out = {"letters": sorted(chr(97 + l) for l in data["letters"])}
     for name, f in folders.items():
         sae = load_sae(f)
         out[name] = {"own, P=x.p": first_letter_absorption(sae, data, centre=False),
-                     "own, P=(x-b_dec).p": first_letter_absorption(sae, data, centre=True)}
+                     "own, P=(x-b_dec).p": first_letter_absorption(sae, data, centre=True),
+                     "recipe='saebench'": first_letter_absorption(sae, sb_recipe, centre=False, recipe="saebench")}
         for label, (m, sb_data) in mains.items():
             out[name][f"{label}'s main latents"] = first_letter_absorption(sae, data, centre=False, main=m[name])
             out[name][f"{label}'s probe + main latents"] = first_letter_absorption(sae, sb_data, centre=False, main=m[name])
@@ -166,7 +169,7 @@ def main():
                                         f"{ort[n]['own, P=x.p']['letters'].get(l, {}).get('main_latents')}" for l in "abcde"))
     same = [c for c in cols if c.endswith("probe + main latents")]
     for c in same:   # ortsae's arithmetic on SAEBench's probe and main latents: should equal SAEBench letter by letter
-        r = c.split("'s probe")[0]
+        r = c.split("'s probe")[0].removeprefix("ortsae ")
         diff = max(abs(cols[c][n][l]["absorption"] - runs[r]["saes"][n]["letters"][l]["absorption"])
                    for n in folders for l in runs[r]["saes"][n]["letters"])
         nw = all(cols[c][n][l]["n_words"] == runs[r]["saes"][n]["letters"][l]["n_words"]

@@ -14,7 +14,7 @@ from .orthogonality import cosine_matrix
 # %% auto #0
 __all__ = ['THRESHOLDS', 'core_metrics', 'plot_density', 'ce_kl_baseline', 'ce_kl_scores', 'max_cosines', 'mean_cos_sim',
            'clustering_coefficient', 'composition_rate', 'unique_fraction', 'plot_comparison', 'absorption_scores',
-           'letter_words', 'icl_prompt', 'letter_activations', 'fit_logistic', 'train_probe', 'f1_scores',
+           'letter_words', 'icl_prompt', 'letter_activations', 'fit_logistic', 'train_probe', 'f1_scores', 'adam_probe',
            'rank_latents', 'main_latents', 'letter_probes', 'letter_data', 'bootstrap_ci', 'first_letter_absorption',
            'calibrate_threshold', 'save_threshold', 'geometry_metrics', 'random_decoder', 'evaluate_run', 'table1']
 
@@ -204,14 +204,15 @@ def icl_prompt(word: str, examples: list[str]) -> str:
 # %% ../nbs/04_metrics.ipynb #5b2cd190
 @torch.no_grad()
 def letter_activations(model, hook: str, words: list[str], icl_words: list[str], n_icl: int = 10, batch_size: int = 64,
-                       seed: int = 0) -> Tensor:
+                       seed: int = 0, progress: bool = True) -> Tensor:
     "Activations at `hook` on each word's token in its ICL spelling prompt (read-out position found per prompt)."
     import random
     from ortsae.activations import hook_layer
     tok, rng, layer = model.tokenizer, random.Random(seed), hook_layer(model, hook)
     suffix = len(tok(" has the first letter:", add_special_tokens=False)["input_ids"])
     out = []
-    for s in range(0, len(words), batch_size):
+    from tqdm.auto import tqdm
+    for s in tqdm(range(0, len(words), batch_size), desc="spelling prompts", disable=not progress, leave=False):
         ids = [[tok.bos_token_id] + tok(icl_prompt(w, rng.sample(icl_words, n_icl)), add_special_tokens=False)["input_ids"]
                for w in words[s:s + batch_size]]
         T = max(map(len, ids))
@@ -223,20 +224,20 @@ def letter_activations(model, hook: str, words: list[str], icl_words: list[str],
     return torch.cat(out)
 
 # %% ../nbs/04_metrics.ipynb #0f17ff56
-def fit_logistic(x: Tensor, y: Tensor, C: float = 0.1, max_iter: int = 1000) -> tuple[Tensor, float]:
-    "Balanced binary logistic regression (scikit-learn, L2 on standardised `x`); weights for raw `x`, 0 on constant columns."
+def fit_logistic(x: Tensor, y: Tensor, C: float = 0.1, max_iter: int = 2000) -> tuple[Tensor, float]:
+    "Balanced binary logistic regression (scikit-learn, L2) on centred raw `x`: weights and bias for raw `x`, 0 on constant columns."
     from sklearn.linear_model import LogisticRegression
-    X = x.detach().double().cpu().numpy(); mu, sd = X.mean(0), X.std(0)
-    live = sd > 1e-12                                              # a constant column carries no information
-    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter)
-    clf.fit((X[:, live] - mu[live]) / sd[live], y.cpu().numpy())
-    w = torch.zeros(x.shape[1], dtype=torch.float64)
-    w[torch.from_numpy(live)] = torch.from_numpy(clf.coef_[0] / sd[live])
-    return w.to(x.device, x.dtype), float(clf.intercept_[0] - (clf.coef_[0] * mu[live] / sd[live]).sum())
+    X = x.detach().double().cpu().numpy(); mu = X.mean(0)
+    live = X.std(0) > 1e-12                                        # a constant column carries no information
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter).fit(X[:, live] - mu[live], y.cpu().numpy())
+    w = torch.zeros(x.shape[1], dtype=torch.float64); w[torch.from_numpy(live)] = torch.from_numpy(clf.coef_[0])
+    return w.to(x.device, x.dtype), float(clf.intercept_[0] - (clf.coef_[0] * mu[live]).sum())
 
 # %% ../nbs/04_metrics.ipynb #b5212c1c
-def train_probe(x: Tensor, y: Tensor, n_classes: int = 26, C: float = 0.1) -> torch.nn.Linear:
-    "One-vs-rest probe `x -> n_classes`: a balanced logistic regression per class (an absent class never fires)."
+def train_probe(x: Tensor, y: Tensor, n_classes: int = 26, C: float = 0.1, recipe: str = "ortsae", seed: int = 0) -> torch.nn.Linear:
+    "One-vs-rest probe `x -> n_classes`: a balanced logistic regression per class (`recipe='saebench'`: SAEBench's Adam probe)."
+    if recipe == "saebench": return adam_probe(x, y, n_classes, seed=seed)
+    if recipe != "ortsae": raise ValueError(f"Unknown probe recipe {recipe!r}: use 'ortsae' or 'saebench'.")
     probe = torch.nn.Linear(x.shape[1], n_classes).requires_grad_(False).to(x.device)
     for c in range(n_classes):
         yc = (y == c).long()
@@ -251,10 +252,31 @@ def f1_scores(pred: Tensor, y: Tensor, n_classes: int = 26) -> Tensor:
     tp, fp, fn = (pred & Y).sum(0).float(), (pred & ~Y).sum(0).float(), (~pred & Y).sum(0).float()
     return 2 * tp / (2 * tp + fp + fn).clamp_min(1)
 
+# %% ../nbs/04_metrics.ipynb #ca6cb917
+def adam_probe(x: Tensor, y: Tensor, n_classes: int = 26, epochs: int = 50, batch_size: int = 64, lr: float = 1e-2,
+               end_lr: float = 1e-5, weight_decay: float = 1e-4, l1: float = 0.0, seed: int = 0) -> torch.nn.Linear:
+    "SAEBench's probe training: one-vs-rest BCE (positives weighted neg/pos), Adam, lr decayed exponentially per epoch."
+    Y = torch.nn.functional.one_hot(y, n_classes).to(x); pos = Y.sum(0).clamp_min(1)   # an absent class: no NaN
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]): torch.manual_seed(seed); probe = torch.nn.Linear(x.shape[1], n_classes).to(x)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, (end_lr / lr) ** (1 / epochs))
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(len(y) - pos) / pos)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for i in torch.randperm(len(x), generator=g).to(x.device).split(batch_size):
+                loss = loss_fn(probe(x[i]), Y[i]) + l1 * probe.weight.abs().sum(-1).mean()
+                opt.zero_grad(); loss.backward(); opt.step()
+            sched.step()
+    return probe.requires_grad_(False)
+
 # %% ../nbs/04_metrics.ipynb #c4a5e49b
 def rank_latents(f: Tensor, y: Tensor, n_classes: int = 26, l1: float = 1e-3, epochs: int = 200, lr: float = 1e-2,
-                 min_fires: int = 1, seed: int = 0) -> list[Tensor]:
+                 min_fires: int = 1, seed: int = 0, recipe: str = "ortsae") -> list[Tensor]:
     "Per class: latents firing on >= `min_fires` rows of `f` with a positive weight in an L1 probe on standardised `f`, best first."
+    if recipe == "saebench":   # SAEBench: every latent, raw activations, ranked by weight
+        w = adam_probe(f, y, n_classes, batch_size=4096, weight_decay=1e-6, l1=0.01, seed=seed).weight
+        return [w[c].argsort(descending=True) for c in range(n_classes)]
     live = ((f > 0).sum(0) >= min_fires).nonzero().squeeze(1)
     z = f[:, live].float(); z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
     Y = torch.nn.functional.one_hot(y, n_classes).to(z); pos = Y.sum(0).clamp_min(1)
@@ -284,10 +306,10 @@ def main_latents(f_train: Tensor, y_train: Tensor, f_test: Tensor, y_test: Tenso
 
 # %% ../nbs/04_metrics.ipynb #7328f1a0
 def letter_probes(x: Tensor, y: Tensor, split: int, min_probe_f1: float = 0.6, min_letters: int = 20, C: float = 0.1,
-                  where: str = "this layer") -> dict:
+                  where: str = "this layer", recipe: str = "ortsae", seed: int = 0) -> dict:
     "Ground-truth letter probes on rows `[:split]` of `x`, their test F1 on the rest, and the letters that pass."
     if not 0 < split < len(x): raise ValueError(f"split={split} must leave train and test words (have {len(x)} words).")
-    probe = train_probe(x[:split], y[:split], C=C)
+    probe = train_probe(x[:split], y[:split], C=C, recipe=recipe, seed=seed)
     with torch.no_grad(): f1 = f1_scores(probe(x[split:]) > 0, y[split:])
     letters = [l for l in range(26) if f1[l] > min_probe_f1]
     if len(letters) < min_letters:
@@ -314,7 +336,8 @@ def bootstrap_ci(groups: list[Tensor], n_boot: int = 1000, level: float = 0.95, 
 # %% ../nbs/04_metrics.ipynb #66e83a0b
 @torch.no_grad()
 def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e-3, max_k: int = 10, jump: float = 0.03,
-                            n_boot: int = 1000, main: dict[str, list[int]] | None = None, **thresholds) -> dict:
+                            n_boot: int = 1000, main: dict[str, list[int]] | None = None, recipe: str = "ortsae",
+                            seed: int = 0, **thresholds) -> dict:
     "Mean absorption fraction and full-absorption rate (95% bootstrap intervals) over `data`'s letters; `main` overrides main latents."
     dev = sae.W_dec.device
     x, y, s, probe = data["x"].to(dev), data["y"].to(dev), data["split"], data["probe"].to(dev)
@@ -322,7 +345,7 @@ def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e
     for l in data["letters"]:
         f1s, ml = [], (main or {}).get(chr(97 + l))
         if ml is None:
-            ranks = ranks or rank_latents(f[:s], y[:s], l1=l1)
+            ranks = ranks or rank_latents(f[:s], y[:s], l1=l1, recipe=recipe, seed=seed)
             ml, f1s = main_latents(f[:s], (y[:s] == l).long(), f[s:], (y[s:] == l).long(), ranks[l], max_k, jump)
         hits = (y[s:] == l) & (probe(x[s:])[:, l] > 0)           # test words of letter l the probe gets right
         if not hits.any(): continue
