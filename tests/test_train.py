@@ -111,7 +111,7 @@ def test_resume_without_checkpoint(shards, tmp_path):
                                     (dict(saes=["batchtopk-seedx"]), "Unknown SAE kind 'batchtopk-seedx'"),
                                     (dict(saes=["batchtopk", "relu"]), "Unknown SAE kind 'relu'"),
                                     (dict(chunk_size=1), "chunk_size=1"),
-                                    (dict(batch_size=2**24, d_sae=2**16, chunk_size=8192), "reduce batch_size")])
+                                    (dict(batch_size=2**24, total_tokens=2**25, d_sae=2**16, chunk_size=8192), "reduce batch_size")])
 def test_bad_configs(shards, tmp_path, kw, msg):
     with pytest.raises(ValueError, match=msg):
         train(_cfg(shards, **kw), tmp_path / "r", progress=False)
