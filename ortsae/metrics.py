@@ -279,14 +279,8 @@ def rank_latents(f: Tensor, y: Tensor, n_classes: int = 26, l1: float = 1e-3, ep
         return [w[c].argsort(descending=True) for c in range(n_classes)]
     live = ((f > 0).sum(0) >= min_fires).nonzero().squeeze(1)
     z = f[:, live].float(); z = (z - z.mean(0)) / z.std(0).clamp_min(1e-12)
-    Y = torch.nn.functional.one_hot(y, n_classes).to(z); pos = Y.sum(0).clamp_min(1)
-    with torch.random.fork_rng(devices=[]): torch.manual_seed(seed); probe = torch.nn.Linear(len(live), n_classes).to(f.device)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    with torch.enable_grad():
-        for _ in range(epochs):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(probe(z), Y, pos_weight=(len(y) - pos) / pos)
-            opt.zero_grad(); (loss + l1 * probe.weight.abs().sum()).backward(); opt.step()
-    w = probe.weight.detach()
+    # full batch, constant lr, no weight decay; the L1 term on the sum over all classes' weights
+    w = adam_probe(z, y, n_classes, epochs, batch_size=len(z), lr=lr, end_lr=lr, weight_decay=0.0, l1=l1 * n_classes, seed=seed).weight
     return [live[w[c].argsort(descending=True)][: int((w[c] > 0).sum())] for c in range(n_classes)]
 
 # %% ../nbs/04_metrics.ipynb #a64efd96
