@@ -18,6 +18,7 @@ SAEBench's own probe and main latents plugged in, which isolates the per-word ar
     python bench/vs_saebench.py                          # runs/smoke's SAEs plus a random SAE, 6,000 words
     python bench/vs_saebench.py --l1-batch 256           # also SAEBench with a smaller batch for its L1 probe
     python bench/vs_saebench.py --run runs/other --words 3000
+    python bench/vs_saebench.py --seeds 5               # seed-to-seed spread: SAEBench and recipe='saebench', 5 seeds
 Prints tables; asserts nothing.
 """
 import argparse, json, os, subprocess, sys, tempfile
@@ -125,6 +126,30 @@ def saebench(npz: Path, unit: dict, work: Path, extra: list[str]) -> dict:
     return sb
 
 
+def seed_spread(folders: dict, unit: dict, npz: Path, work: Path, n: int):
+    "SAEBench and ortsae's recipe='saebench' each run with seeds 42.., mean and spread over the letters both evaluate."
+    from ortsae.sae import load_sae
+    from ortsae.metrics import letter_probes, first_letter_absorption
+    d = np.load(npz)
+    x, y, split = torch.from_numpy(d["x"]), torch.from_numpy(d["y"]), int(d["split"])
+    sb, ort = {}, {}
+    for s in range(42, 42 + n):
+        sb[s] = saebench(npz, unit, work, ["--seed", str(s)])
+        data = letter_probes(x, y, split, min_probe_f1=0.6, min_letters=0, recipe="saebench", seed=s)
+        ort[s] = {name: first_letter_absorption(load_sae(f), data, centre=False, recipe="saebench", seed=s)["letters"]
+                  for name, f in folders.items()}
+    common = sorted(set.intersection(*[set(r["letters_evaluated"]) for r in sb.values()],
+                                     *[set(o[next(iter(folders))]) for o in ort.values()]))
+    print(f"\nseed spread over seeds 42-{41 + n}, mean absorption over the {len(common)} letters every run evaluates")
+    print(f"{'SAE':12s}{'SAEBench mean (sd) [min, max]':>36s}{'ortsae recipe=saebench mean (sd) [min, max]':>48s}")
+    for name in folders:
+        a = [np.mean([sb[s]["saes"][name]["letters"][l]["absorption"] for l in common]) for s in sb]
+        b = [np.mean([ort[s][name][l]["absorption"] for l in common]) for s in ort]
+        print(f"{name:12s}" + "".join(f"{np.mean(v):>14.3f} ({np.std(v, ddof=1):.3f}) [{min(v):.3f}, {max(v):.3f}]"
+                                       for v in (a, b)))
+        print(f"{'':12s}  per seed SAEBench {np.round(a, 3).tolist()}  ortsae {np.round(b, 3).tolist()}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/smoke", help="run folder whose saes/ are compared (train it with "
@@ -133,6 +158,8 @@ def main():
     p.add_argument("--no-random", action="store_true", help="leave out the random SAE")
     p.add_argument("--l1-batch", type=int, nargs="*", default=[], help="also run SAEBench with these batch sizes for its "
                    "L1 probe on the latents (its default 4096 gives 2 steps an epoch on 4,800 words)")
+    p.add_argument("--seeds", type=int, default=0, help="instead: run SAEBench and ortsae's recipe='saebench' with this "
+                   "many seeds (42, 43, ...) and print each one's seed-to-seed spread")
     a = p.parse_args()
     saes = ROOT / a.run / "saes"
     if not saes.is_dir(): p.error(f"{saes} does not exist: train it first (ortsae train --preset smoke)")
@@ -145,6 +172,7 @@ def main():
         x = torch.from_numpy(np.load(npz)["x"])
         folders["random"] = random_sae(cfg["d_in"], cfg["d_sae"], cfg["ortsae"]["k"], x, work / "random")
     unit = {n: unit_norm_copy(f, work / "unit" / n) for n, f in folders.items()}
+    if a.seeds: return seed_spread(folders, unit, npz, work, a.seeds)
     runs = {"SAEBench": saebench(npz, unit, work, [])}
     for b in a.l1_batch: runs[f"SAEBench, L1 batch {b}"] = saebench(npz, unit, work, ["--k-sparse-batch-size", str(b)])
     mains = {k: ({n: {l: v["main_latents"] for l, v in r["saes"][n]["letters"].items()} for n in folders},

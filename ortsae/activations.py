@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_activations.ipynb #307f3ed2
 from __future__ import annotations
-import importlib.util, json, math, os, re, subprocess, sys, tarfile, tempfile, time
+import contextlib, importlib.util, io, json, math, os, re, subprocess, sys, tarfile, tempfile, time
 from pathlib import Path
 from typing import Iterable, Iterator
 import torch
@@ -85,24 +85,34 @@ def _load_hf(name: str, dtype):
                            f"after `{OFFLINE_INSTALL}`. Original error: {e}") from e
 
 # %% ../nbs/00_activations.ipynb #7d3be7c7
+def _bridge():
+    "transformer-lens' `TransformerBridge` class: top level in 4.x, in `transformer_lens.model_bridge` in 3.x."
+    try: from transformer_lens import TransformerBridge
+    except ImportError: from transformer_lens.model_bridge import TransformerBridge
+    return TransformerBridge
+
 def load_model(name: str = OFFLINE_MODEL, # a short name from `MODELS` or any hub id
                n_layers: int | None = None, # keep only the first `n_layers` blocks (None: all)
                device: str = "cpu", dtype=torch.float32):
-    "A transformer-lens `TransformerBridge` for `name`, in eval mode with gradients off."
-    from transformer_lens import TransformerBridge
+    "A transformer-lens `TransformerBridge` for `name` on `device`, in eval mode with gradients off."
     hf, tok = _load_hf(name, dtype)
     if n_layers is not None: _truncate_hf(hf, n_layers)
-    model = TransformerBridge.boot_transformers(MODELS.get(name, name), hf_model=hf, tokenizer=tok, device=device, dtype=dtype)
+    model = _bridge().boot_transformers(MODELS.get(name, name), hf_model=hf, tokenizer=tok, device=device, dtype=dtype)
+    with contextlib.redirect_stdout(io.StringIO()): model = model.to(device)   # transformer-lens moves only models it loads itself (and prints)
+    model.cfg.device = str(device)
     model.eval().requires_grad_(False)
     return model
 
 # %% ../nbs/00_activations.ipynb #cc1dc546
-def tiny_model(n_layers: int = 2, d_model: int = 64, n_ctx: int = 128, d_vocab: int = 256, seed: int = 0):
+def tiny_model(n_layers: int = 2, d_model: int = 64, n_ctx: int = 128, d_vocab: int = 256, seed: int = 0, device: str = "cpu"):
     "A tiny randomly initialised transformer-lens model for fast tests (no download, no tokenizer)."
-    from transformer_lens import TransformerBridge, TransformerBridgeConfig
+    try: from transformer_lens import TransformerBridgeConfig
+    except ImportError: from transformer_lens.model_bridge import TransformerBridgeConfig
     cfg = TransformerBridgeConfig(d_model=d_model, n_layers=n_layers, n_ctx=n_ctx, d_head=d_model // 4, n_heads=4,
                                   d_mlp=4 * d_model, d_vocab=d_vocab, act_fn="gelu", seed=seed)
-    return TransformerBridge.boot_native(cfg).eval().requires_grad_(False)
+    with contextlib.redirect_stdout(io.StringIO()): model = _bridge().boot_native(cfg).to(device)
+    model.cfg.device = str(device)
+    return model.eval().requires_grad_(False)
 
 # %% ../nbs/00_activations.ipynb #25837e89
 def offline_corpus() -> list[Path]:
@@ -117,7 +127,19 @@ def offline_corpus() -> list[Path]:
     return sorted(root.glob("*/shksprdata/texts/*_gut.txt"))
 
 # %% ../nbs/00_activations.ipynb #ecc4cb9e
-CORPORA = {"openwebtext": "Skylion007/openwebtext", "fineweb": "HuggingFaceFW/fineweb"}
+CORPORA = {  # short name -> (hub id, revision): `datasets` >= 4 refuses repos with a loading script, so OpenWebText
+    "openwebtext": ("Skylion007/openwebtext", "refs/convert/parquet"),   # is read from the hub's parquet conversion
+    "fineweb": ("HuggingFaceFW/fineweb", None)}
+
+def _hub_stream(source: str):
+    "A streaming `datasets` dataset from the hub, or a clear error saying why not and what to use offline."
+    from datasets import load_dataset
+    repo, rev = CORPORA.get(source, (source, None))
+    try: return load_dataset(repo, revision=rev, split="train", streaming=True)
+    except Exception as e:
+        raise RuntimeError(f"Could not stream the corpus {source!r} ({repo}) from the Hugging Face hub: it needs an internet "
+                           f"connection and a repo of data files (datasets >= 4 refuses loading scripts). Offline, use "
+                           f"source='shakespeare' or local .txt files. Original error: {type(e).__name__}: {e}") from e
 
 def text_stream(source: str | Path | list = "shakespeare", # "shakespeare", "openwebtext", a hub id, or local text files
                 text_field: str = "text") -> Iterator[str]:
@@ -128,7 +150,7 @@ def text_stream(source: str | Path | list = "shakespeare", # "shakespeare", "ope
     if all(p.exists() for p in paths):
         files = [str(f) for p in paths for f in (sorted(p.glob("**/*.txt")) if p.is_dir() else [p])]
         ds = load_dataset("text", data_files=files, sample_by="paragraph", split="train", streaming=True)
-    else: ds = load_dataset(CORPORA.get(str(source), str(source)), split="train", streaming=True)
+    else: ds = _hub_stream(str(source))
     for row in ds:
         if row[text_field].strip(): yield row[text_field]
 
@@ -177,10 +199,10 @@ def hook_layer(model, hook: str) -> int | None:
     return layer
 
 # %% ../nbs/00_activations.ipynb #49500172
-def load_model_for_hook(name: str, hook: str, device: str = "cpu"):
+def load_model_for_hook(name: str, hook: str, device: str = "cpu", dtype=torch.float32):
     "`load_model(name)` cut right after the block of `hook` (whole for hooks outside the blocks), hook checked."
     layer = hook_block(hook)
-    model = load_model(name, n_layers=None if layer is None else layer + 1, device=device)
+    model = load_model(name, n_layers=None if layer is None else layer + 1, device=device, dtype=dtype)
     hook_layer(model, hook)
     return model
 
@@ -230,8 +252,8 @@ def _refill(self: ActivationBuffer):
         chunk = next(self.source, None)
         if chunk is None: self.exhausted = True; break
         parts.append(chunk.to(self.device, torch.float32)); n += len(chunk); self.n_chunks += 1
-    store = torch.cat(parts) if parts else torch.empty(0)
-    self.store = store[torch.randperm(len(store), generator=self.gen).to(store.device)]
+    store = torch.cat(parts) if parts else torch.empty(0, device=self.device)
+    self.store = store[torch.randperm(len(store), generator=self.gen, device="cpu").to(store.device)]
 
 # %% ../nbs/00_activations.ipynb #f1800d39
 @patch
@@ -259,7 +281,8 @@ def state_dict(self: ActivationBuffer) -> dict:
 @patch
 def load_state_dict(self: ActivationBuffer, state: dict):
     "Restore a state from `state_dict` (the source must already be positioned `state['n_chunks']` chunks in)."
-    self.store, self.served, self.exhausted, self.n_chunks = state["store"], state["served"], state["exhausted"], state["n_chunks"]
+    self.served, self.exhausted, self.n_chunks = state["served"], state["exhausted"], state["n_chunks"]
+    self.store = None if state["store"] is None else state["store"].to(self.device)   # checkpoints load on the CPU
     self.gen.set_state(state["gen"]); self.scale = state["scale"]
     return self
 

@@ -10,6 +10,7 @@ import torch
 from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, norm_scaling_factor, write_shards
 from .train import TrainConfig, PRESETS, make_config, train
 from .metrics import evaluate_run, table1
+from .doctor import doctor
 
 # %% auto #0
 __all__ = ['capture_cmd', 'train_cmd', 'main']
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--shard-rows", type=int, default=65536, help="activations per shard file (evaluation reads the shards training did not)")
     _add_train(sub)
     _add_eval(sub)
+    _add_doctor(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #f82b7ca9
@@ -110,6 +112,18 @@ def _add_eval(sub):
                    help="keep each SAE's trained inference threshold instead of calibrating it to L0 = k on held-out tokens")
 
 
+# %% ../nbs/90_cli.ipynb #0a666abc
+def _add_doctor(sub):
+    d = sub.add_parser("doctor", help="check the whole GPU path (or CPU) end to end and measure throughput and memory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--device", default="auto", help="device to check (auto: cuda when available, else cpu)")
+    d.add_argument("--steps", type=int, default=200, help="training steps of the train/stop/resume check")
+    d.add_argument("--size", type=int, nargs=2, action="append", metavar=("D", "M"), default=None,
+                   help="activation width and dictionary size for the throughput check (repeatable; "
+                        "default: 2304 16384 and 2304 65536 on a GPU, 256 4096 on CPU)")
+    d.add_argument("--batch", type=int, default=None, help="batch for the throughput check (default: 4096 on a GPU, 1024 on CPU)")
+    d.add_argument("--out", default=None, help="JSON file to save the report to")
+
 # %% ../nbs/90_cli.ipynb #68de59bf
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ortsae` console script."
@@ -123,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "train":
             s = train_cmd(args)
             if os.environ.get("RANK", "0") == "0": _print_summary(s, args.run_dir or f"runs/{args.preset}")
+        elif args.cmd == "doctor":
+            rep = doctor(args.device, args.steps, [tuple(s) for s in args.size] if args.size else None, args.batch, args.out)
+            print(f"doctor: every check passed on {rep['info']['name']}" + (f"; report in {args.out}" if args.out else ""))
         elif args.cmd == "eval":
             res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps,
                                args.absorption_words, args.min_probe_f1, args.min_letters, calibrate=args.calibrate)

@@ -12,7 +12,7 @@ from torch import Tensor
 from .activations import read_shards, token_batches, capture, load_model_for_hook, scaled_buffer
 from .sae import BatchTopKSAE
 from .orthogonality import Orthogonal, chunked_penalty, random_partition
-from .train import Run, check_memory, make_config
+from .train import Run, check_memory, make_config, model_dtype
 
 # %% auto #0
 __all__ = ['init_distributed', 'global_threshold', 'global_select', 'global_update_state', 'make_data_parallel',
@@ -44,25 +44,30 @@ def global_threshold(pre: Tensor, n: int) -> Tensor:
 
 def global_select(sae: BatchTopKSAE, pre: Tensor) -> Tensor:
     "This rank's share of the batch top-k over all ranks: sorted flat indices of its entries >= the global threshold."
-    t = global_threshold(pre, len(pre) * sae.k * dist.get_world_size())
-    keep = pre.flatten() >= t if t > 0 else pre.flatten() > 0      # t = 0: too few positives, keep them all
-    return keep.nonzero().squeeze(1)
+    n = len(pre) * sae.k * dist.get_world_size()
+    t, flat = global_threshold(pre, n), pre.flatten()
+    if t <= 0: return (flat > 0).nonzero().squeeze(1)                # too few positives: keep them all
+    above, ties = (flat > t).nonzero().squeeze(1), (flat == t).nonzero().squeeze(1)
+    counts = [torch.empty(2, dtype=torch.long, device=pre.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.stack([torch.tensor(len(above), device=pre.device), torch.tensor(len(ties), device=pre.device)]))
+    c = torch.stack(counts)                                           # ties at t (common in bf16): ranks in order fill
+    room = n - c[:, 0].sum() - c[:dist.get_rank(), 1].sum()           # what is left after every `> t` and earlier ranks' ties
+    return torch.cat([above, ties[:int(room.clamp(0, len(ties)))]]).sort().values
 
 # %% ../nbs/07_distributed.ipynb #fdc576ce
 @torch.no_grad()
-def global_update_state(sae: BatchTopKSAE, n: int, kept: Tensor, fired: Tensor):
-    "`BatchTopKSAE._update_state` for the whole batch of all ranks."
-    lo = (kept.min() if kept.numel() else torch.tensor(float("inf"), device=fired.device)).reshape(1).float()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+def global_update_state(sae: BatchTopKSAE, n: int, lo: Tensor, fired: Tensor):
+    "`BatchTopKSAE._update_state` for the whole batch of all ranks (`lo`: this rank's smallest kept value, inf if none)."
+    lo = lo.reshape(1).float().clone(); dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     f = fired.to(torch.uint8); dist.all_reduce(f, op=dist.ReduceOp.MAX)
-    BatchTopKSAE._update_state(sae, n * dist.get_world_size(), lo[torch.isfinite(lo)], f.bool())
+    BatchTopKSAE._update_state(sae, n * dist.get_world_size(), lo[0], f.bool())
 
 # %% ../nbs/07_distributed.ipynb #bed66e2f
 def make_data_parallel(sae: BatchTopKSAE) -> BatchTopKSAE:
     "Switch `sae` (in place) to the global top-k, global state updates and, for OrtSAE, this rank's share of chunks."
     sae.fast = True                                                    # the selection hook lives in the fast step
     sae._select = lambda pre: global_select(sae, pre)
-    sae._update_state = lambda n, kept, fired: global_update_state(sae, n, kept, fired)
+    sae._update_state = lambda n, lo, fired: global_update_state(sae, n, lo, fired)
     if isinstance(sae, Orthogonal): sae.shard = (dist.get_rank(), dist.get_world_size())
     return sae
 
@@ -124,7 +129,7 @@ def rank_stream(cfg, device: str, skip: int, rank: int, world: int):
         chunks = islice(read_shards(cfg.source[len("shards:"):]), skip + rank, None, world)
         first = next(chunks)
         return (c for part in ([first], chunks) for c in part), first.shape[1]
-    model = load_model_for_hook(cfg.model, cfg.hook, device)
+    model = load_model_for_hook(cfg.model, cfg.hook, device, model_dtype(cfg, device))
     batches = islice(token_batches(model, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), rank, None, world)
     return (capture(model, t.to(device), cfg.hook) for t in batches), model.cfg.d_model
 

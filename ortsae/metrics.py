@@ -23,17 +23,17 @@ __all__ = ['THRESHOLDS', 'core_metrics', 'plot_density', 'ce_kl_baseline', 'ce_k
 def core_metrics(sae, acts: Tensor, batch_size: int = 4096, dense_above: float = 0.1) -> dict:
     "Reconstruction and sparsity metrics of `sae` on activations `acts` `(N, d_in)`, accumulated in batches."
     check_input(acts, sae.d_in)
-    n, d = acts.shape
-    s = dict(err=0.0, sq=0.0, legacy=0.0, cos=0.0, ratio=0.0, l0=0.0, mean=torch.zeros(d, dtype=torch.float64))
-    fires = torch.zeros(sae.d_sae, dtype=torch.float64)
+    (n, d), dev = acts.shape, sae.W_dec.device                     # float64 sums on the SAE's device: one sync at the end
+    s = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in ("err", "sq", "legacy", "cos", "ratio", "l0")}
+    s["mean"], fires = torch.zeros(d, dtype=torch.float64, device=dev), torch.zeros(sae.d_sae, dtype=torch.float64, device=dev)
     for x in acts.split(batch_size):
-        f = sae.encode(x); x_hat = sae.decode(f); err = (x - x_hat).pow(2).sum(-1)
-        s["err"] += err.sum().item(); s["sq"] += x.pow(2).sum().item(); s["mean"] += x.double().sum(0)
-        s["legacy"] += (1 - err / (x - x.mean(0)).pow(2).sum(-1).clamp_min(1e-12)).sum().item()
-        s["cos"] += torch.cosine_similarity(x, x_hat, dim=-1).sum().item()
-        s["ratio"] += (x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum().item()
-        s["l0"] += (f > 0).sum().item(); fires += (f > 0).sum(0).double()
-    density = (fires / n).float()
+        x = x.to(dev); f = sae.encode(x); x_hat = sae.decode(f); err = (x - x_hat).pow(2).sum(-1)
+        s["err"] += err.sum(); s["sq"] += x.double().pow(2).sum(); s["mean"] += x.double().sum(0)
+        s["legacy"] += (1 - err / (x - x.mean(0)).pow(2).sum(-1).clamp_min(1e-12)).sum()
+        s["cos"] += torch.cosine_similarity(x, x_hat, dim=-1).sum()
+        s["ratio"] += (x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum()
+        s["l0"] += (f > 0).sum(); fires += (f > 0).sum(0)
+    density, s = (fires / n).float().cpu(), {k: (v.item() if v.ndim == 0 else v) for k, v in s.items()}
     var = s["sq"] / n - (s["mean"] / n).pow(2).sum().item()
     return dict(mse=s["err"] / (n * d), explained_variance=1 - (s["err"] / n) / var, explained_variance_legacy=s["legacy"] / n,
                 l0=s["l0"] / n, dead_frac=(density == 0).float().mean().item(), dense_frac=(density > dense_above).float().mean().item(),
@@ -62,6 +62,7 @@ def _ce(logits: Tensor, tokens: Tensor) -> float:
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten()).item()
 
 def _kl(logp0: Tensor, logits: Tensor) -> float:
+    logp0 = logp0.to(logits.device)                  # kept on the CPU between uses: (batch, ctx, vocab) fp32 is large
     return (logp0.exp() * (logp0 - logits.log_softmax(-1).float())).sum(-1).mean().item()
 
 def _run_spliced(model, tokens, hook, fn, keep_ids):
@@ -74,7 +75,7 @@ def ce_kl_baseline(model, tokens: Tensor, hook: str, keep_ids: list[int] | None 
     "Clean log-probs, clean CE, and CE and KL under zero ablation at `hook`, for `tokens` `(B, T)`."
     clean, zero = model(tokens), _run_spliced(model, tokens, hook, torch.zeros_like, keep_ids)
     logp0 = clean.log_softmax(-1).float()
-    return dict(tokens=tokens, hook=hook, keep_ids=keep_ids, logp0=logp0, ce_clean=_ce(clean, tokens),
+    return dict(tokens=tokens, hook=hook, keep_ids=keep_ids, logp0=logp0.cpu(), ce_clean=_ce(clean, tokens),
                 ce_zero=_ce(zero, tokens), kl_zero=_kl(logp0, zero))
 
 # %% ../nbs/04_metrics.ipynb #9a447e89
@@ -98,7 +99,7 @@ def max_cosines(W: Tensor, other: Tensor | None = None, chunk: int = 2048) -> Te
     out = torch.empty(len(W), device=W.device)
     for s in range(0, len(W), chunk):
         C = cosine_matrix(W[s:s + chunk], W if other is None else other)
-        if other is None: C[torch.arange(len(C)), torch.arange(s, s + len(C))] = float("-inf")
+        if other is None: C[torch.arange(len(C), device=W.device), torch.arange(s, s + len(C), device=W.device)] = float("-inf")
         out[s:s + chunk] = C.max(1).values
     return out
 
@@ -113,15 +114,16 @@ def clustering_coefficient(W: Tensor, threshold: float, chunk: int = 2048) -> tu
     m, rows, cols = len(W), [], []
     for s in range(0, m, chunk):
         A = cosine_matrix(W[s:s + chunk], W) > threshold
-        A[torch.arange(len(A)), torch.arange(s, s + len(A))] = False
+        A[torch.arange(len(A), device=W.device), torch.arange(s, s + len(A), device=W.device)] = False
         r, c = A.nonzero(as_tuple=True); rows.append(r + s); cols.append(c)
     r, c = torch.cat(rows), torch.cat(cols)
     deg = torch.bincount(r, minlength=m).double()
-    A = torch.sparse_coo_tensor(torch.stack([r, c]), torch.ones(len(r), dtype=torch.float64), (m, m), check_invariants=True).coalesce()
+    A = torch.sparse_coo_tensor(torch.stack([r, c]), torch.ones(len(r), dtype=torch.float64, device=W.device), (m, m),
+                                device=W.device, check_invariants=True).coalesce()
     tr3 = 0.0
     for s in range(0, m, chunk):
         block = (cosine_matrix(W, W[s:s + chunk]) > threshold).double()
-        block[torch.arange(s, min(s + chunk, m)), torch.arange(len(block.T))] = 0
+        block[torch.arange(s, min(s + chunk, m), device=W.device), torch.arange(len(block.T), device=W.device)] = 0
         tr3 += (torch.sparse.mm(A, block) * block).sum().item()
     triples = (deg * (deg - 1)).sum().item()
     return (tr3 / triples if triples else 0.0), len(r) / (m * (m - 1))
@@ -131,11 +133,11 @@ def composition_rate(W_dec: Tensor, k: int = 4, width_frac: float = 0.25, steps:
                      lr: float = 5e-4, seed: int = 0) -> float:
     "Explained variance of a BatchTopK meta-SAE (k=4, m/4 latents) trained on the rows of `W_dec`; lower: more atomic."
     rows = torch.nn.functional.normalize(W_dec.detach().float(), dim=1) * math.sqrt(W_dec.shape[1])
-    meta = BatchTopKSAE(rows.shape[1], max(k, int(len(rows) * width_frac)), k=k, k_aux=min(64, len(rows)), seed=seed)
+    meta = BatchTopKSAE(rows.shape[1], max(k, int(len(rows) * width_frac)), k=k, k_aux=min(64, len(rows)), seed=seed).to(rows.device)
     meta.init_b_dec(rows)
     opt, g = torch.optim.Adam(meta.parameters(), lr=lr), torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        out = meta.loss(rows[torch.randint(len(rows), (batch_size,), generator=g)])
+        out = meta.loss(rows[torch.randint(len(rows), (batch_size,), generator=g, device="cpu").to(rows.device)])
         opt.zero_grad(); out["loss"].backward(); meta.remove_parallel_grad(); opt.step(); meta.normalize_decoder()
     with torch.no_grad():
         x_hat = meta.decode(batch_topk(meta.pre_acts(rows), k))
@@ -220,7 +222,7 @@ def letter_activations(model, hook: str, words: list[str], icl_words: list[str],
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n == hook, stop_at_layer=None if layer is None else layer + 1)
         pos = torch.tensor([len(i) - suffix - 1 for i in ids], device=toks.device)
         assert all(tok.convert_ids_to_tokens(i[q]) == w for i, q, w in zip(ids, pos.tolist(), words[s:s + batch_size]))
-        out.append(cache[hook][torch.arange(len(ids)), pos].float().cpu())
+        out.append(cache[hook][torch.arange(len(ids), device=pos.device), pos].float().cpu())
     return torch.cat(out)
 
 # %% ../nbs/04_metrics.ipynb #0f17ff56
@@ -230,7 +232,7 @@ def fit_logistic(x: Tensor, y: Tensor, C: float = 0.1, max_iter: int = 2000) -> 
     X = x.detach().double().cpu().numpy(); mu = X.mean(0)
     live = X.std(0) > 1e-12                                        # a constant column carries no information
     clf = LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter).fit(X[:, live] - mu[live], y.cpu().numpy())
-    w = torch.zeros(x.shape[1], dtype=torch.float64); w[torch.from_numpy(live)] = torch.from_numpy(clf.coef_[0])
+    w = torch.zeros(x.shape[1], dtype=torch.float64, device="cpu"); w[torch.from_numpy(live)] = torch.from_numpy(clf.coef_[0])
     return w.to(x.device, x.dtype), float(clf.intercept_[0] - (clf.coef_[0] * mu[live]).sum())
 
 # %% ../nbs/04_metrics.ipynb #b5212c1c
@@ -238,7 +240,7 @@ def train_probe(x: Tensor, y: Tensor, n_classes: int = 26, C: float = 0.1, recip
     "One-vs-rest probe `x -> n_classes`: a balanced logistic regression per class (`recipe='saebench'`: SAEBench's Adam probe)."
     if recipe == "saebench": return adam_probe(x, y, n_classes, seed=seed)
     if recipe != "ortsae": raise ValueError(f"Unknown probe recipe {recipe!r}: use 'ortsae' or 'saebench'.")
-    probe = torch.nn.Linear(x.shape[1], n_classes).requires_grad_(False).to(x.device)
+    probe = torch.nn.Linear(x.shape[1], n_classes, device=x.device).requires_grad_(False)
     for c in range(n_classes):
         yc = (y == c).long()
         if 0 < yc.sum() < len(yc):
@@ -258,13 +260,14 @@ def adam_probe(x: Tensor, y: Tensor, n_classes: int = 26, epochs: int = 50, batc
     "SAEBench's probe training: one-vs-rest BCE (positives weighted neg/pos), Adam, lr decayed exponentially per epoch."
     Y = torch.nn.functional.one_hot(y, n_classes).to(x); pos = Y.sum(0).clamp_min(1)   # an absent class: no NaN
     g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]): torch.manual_seed(seed); probe = torch.nn.Linear(x.shape[1], n_classes).to(x)
+    with torch.random.fork_rng(devices=[]):   # the same initial weights on any device: drawn on the CPU, then moved
+        torch.manual_seed(seed); probe = torch.nn.Linear(x.shape[1], n_classes, device="cpu").to(x)
     opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, (end_lr / lr) ** (1 / epochs))
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(len(y) - pos) / pos)
     with torch.enable_grad():
         for _ in range(epochs):
-            for i in torch.randperm(len(x), generator=g).to(x.device).split(batch_size):
+            for i in torch.randperm(len(x), generator=g, device="cpu").to(x.device).split(batch_size):
                 loss = loss_fn(probe(x[i]), Y[i]) + l1 * probe.weight.abs().sum(-1).mean()
                 opt.zero_grad(); loss.backward(); opt.step()
             sched.step()
@@ -323,8 +326,8 @@ def letter_data(model, hook: str, n_words: int | None = 3000, min_probe_f1: floa
 def bootstrap_ci(groups: list[Tensor], n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     "Percentile interval of the mean over groups of each group's mean, resampling items within each group."
     g = torch.Generator().manual_seed(seed)
-    means = torch.stack([v.double().cpu()[torch.randint(len(v), (n_boot, len(v)), generator=g)].mean(1) for v in groups])
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    means = torch.stack([v.double().cpu()[torch.randint(len(v), (n_boot, len(v)), generator=g, device="cpu")].mean(1) for v in groups])
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64, device="cpu")
     return tuple(means.mean(0).quantile(q).tolist())
 
 # %% ../nbs/04_metrics.ipynb #66e83a0b
@@ -372,7 +375,8 @@ def _heldout(cfg, run_dir: Path, n_tokens: int, device: str):
         stream = read_shards(cfg.source[len("shards:"):])
         for _ in range(skip): next(stream, None)
     else:
-        model = load_model(cfg.model, device=device); hook_layer(model, cfg.hook)   # whole: CE/KL need the logits
+        from ortsae.train import model_dtype                           # the dtype training used: the same activations
+        model = load_model(cfg.model, device=device, dtype=model_dtype(cfg, device)); hook_layer(model, cfg.hook)   # whole: CE/KL
         stream = activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip)
     while not exhausted and n < n_tokens and (c := next(stream, None)) is not None: parts.append(c); n += len(c)
     if not parts: raise ValueError(f"No held-out activations: training read all {skip} chunks of {cfg.source}. Cache more "
@@ -416,13 +420,14 @@ def geometry_metrics(W: Tensor, composition_steps: int = 1500) -> dict:
 
 def random_decoder(d_sae: int, d_in: int, seed: int = 12345, device: str = "cpu") -> Tensor:
     "A random decoder of the same shape (Gaussian rows): the chance level of every geometry metric."
-    return torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(seed)).to(device)
+    return torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(seed), device="cpu").to(device)
 
 # %% ../nbs/04_metrics.ipynb #665fbbe4
 def _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters):
     "Letter data for absorption (None and the reason when the model doesn't spell well enough)."
     from ortsae.activations import load_model_for_hook
-    lm = model if model is not None else load_model_for_hook(cfg.model, cfg.hook, device)   # load once
+    from ortsae.train import model_dtype
+    lm = model if model is not None else load_model_for_hook(cfg.model, cfg.hook, device, model_dtype(cfg, device))   # load once
     try: return letter_data(lm, cfg.hook, absorption_words, min_probe_f1, min_letters), None
     except ValueError as e: return None, str(e)
 

@@ -42,9 +42,10 @@ def check_chunk_size(m: int, chunk_size: int) -> int:
     if m // K < 2: raise ValueError(f"m={m} split into K={K} chunks leaves chunks of 1 feature: increase chunk_size.")
     return K
 
-def random_partition(m: int, chunk_size: int, generator: torch.Generator | None = None) -> list[Tensor]:
-    "A fresh random partition of `range(m)` into `ceil(m / chunk_size)` nearly equal chunks."
-    return list(torch.randperm(m, generator=generator).tensor_split(check_chunk_size(m, chunk_size)))
+def random_partition(m: int, chunk_size: int, generator: torch.Generator | None = None, device="cpu") -> list[Tensor]:
+    "A fresh random partition of `range(m)` into `ceil(m / chunk_size)` nearly equal chunks (drawn on the generator's device, moved to `device` in one copy)."
+    perm = torch.randperm(m, generator=generator, device=generator.device if generator is not None else "cpu")
+    return list(perm.to(device, non_blocking=True).tensor_split(check_chunk_size(m, chunk_size)))
 
 # %% ../nbs/02_orthogonality.ipynb #947d4eff
 def chunked_penalty_autograd(W: Tensor, chunks: list[Tensor], delta: float = DELTA, **variant) -> Tensor:
@@ -73,10 +74,11 @@ def _symmetric_search(Wn: Tensor, tile: int, absolute: bool) -> Tensor:
 
 # %% ../nbs/02_orthogonality.ipynb #6af6d255
 @torch.no_grad()
-def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA, absolute: bool = False) -> Tensor:
-    "Index of each row's most cosine-similar (`absolute`: largest |cos|) other row of `W`, `tile` rows at a time."
+def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA, absolute: bool = False, guard: bool | None = None) -> Tensor:
+    "Index of each row's most cosine-similar (`absolute`: largest |cos|) other row of `W`, `tile` rows at a time; `guard`: may a pair need Eq. 3's guard (None: check)."
     n = W.norm(dim=1)
-    if n.min().pow(2) >= delta: return _symmetric_search(W / n[:, None], tile, absolute)   # no pair needs the guard
+    if guard is None: guard = bool(n.min().pow(2) < delta)
+    if not guard: return _symmetric_search(W / n[:, None], tile, absolute)   # no pair needs the guard
     out = torch.empty(len(W), dtype=torch.long, device=W.device)
     for start in range(0, len(W), tile):
         rows = torch.arange(start, min(start + tile, len(W)), device=W.device)
@@ -98,12 +100,13 @@ def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generato
                     tile: int = 1024, delta: float = DELTA, chunks: list[Tensor] | None = None,
                     margin: float | None = None, absolute: bool = False, shard: tuple[int, int] = (0, 1)) -> Tensor:
     "Eq. 4 on the rows of `W` (decoder vectors), fast and exact; `shard=(i, n)`: only chunks i, i+n, ... (their share)."
-    chunks = random_partition(len(W), chunk_size, generator) if chunks is None else chunks
+    chunks = random_partition(len(W), chunk_size, generator, W.device) if chunks is None else chunks
     nn_idx = torch.arange(len(W), device=W.device)                   # rows outside the shard: weight 0
     weight = torch.zeros(len(W), dtype=W.dtype, device=W.device)
     own = [idx.to(W.device) for idx in chunks[shard[0]::shard[1]]]
+    guard = bool(W.detach().norm(dim=1).min().pow(2) < delta)           # checked once for all chunks (one wait for the GPU)
     for idx in own:
-        nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta, absolute)]
+        nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta, absolute, guard)]
         weight[idx] = 1 / (len(chunks) * len(idx))
     if not own: return W.sum() * 0                                     # a shard with no chunk: nothing to add
     rows = None if shard[1] == 1 else torch.cat(own)                   # a shard computes only its own pairs
@@ -136,13 +139,13 @@ def _ortho_loss(self, x: Tensor) -> dict[str, Tensor]:
             p = chunked_penalty(self.W_dec, self.chunk_size, self.rng, margin=self.margin, absolute=self.absolute,
                                 shard=self.shard)   # (0, 1) here; chapter 07 splits the chunks across processes
             out["loss"] = out["loss"] + self.gamma * self.every * self.shard[1] * p
-            self.last_ortho = p.item()
-    out["ortho"] = torch.tensor(self.last_ortho)
+            self.last_ortho = p.detach()                                  # a tensor: no wait for the GPU here
+    out["ortho"] = torch.as_tensor(self.last_ortho, dtype=torch.float32, device=x.device)
     return out
 Orthogonal.loss = _ortho_loss
 
 # %% ../nbs/02_orthogonality.ipynb #2695d593
-def _get_extra_state(self): return {"n_steps": self.n_steps, "rng": self.rng.get_state(), "last_ortho": self.last_ortho}
+def _get_extra_state(self): return {"n_steps": self.n_steps, "rng": self.rng.get_state(), "last_ortho": float(self.last_ortho)}
 def _set_extra_state(self, s): self.n_steps, self.last_ortho = s["n_steps"], s["last_ortho"]; self.rng.set_state(s["rng"])
 def _config(self): return {**super(Orthogonal, self).config(), "gamma": self.gamma, "chunk_size": self.chunk_size,
                            "every": self.every, "penalty_seed": self.penalty_seed, "margin": self.margin,

@@ -12,9 +12,9 @@ from fastcore.basics import patch
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")   # the fast step uses CSR products
 
 # %% auto #0
-__all__ = ['SAE_CLASSES', 'BatchTopKSAE', 'check_sizes', 'check_input', 'batch_topk', 'geometric_median', 'explained_variance',
-           'MatryoshkaSAE', 'default_groups', 'sort_indices', 'exact_batch_topk', 'Pattern', 'SelectedPre',
-           'SparseDecode', 'load_sae']
+__all__ = ['SAE_CLASSES', 'BatchTopKSAE', 'check_sizes', 'check_input', 'batch_topk', 'smallest_positive', 'geometric_median',
+           'explained_variance', 'MatryoshkaSAE', 'default_groups', 'sort_indices', 'exact_batch_topk', 'Pattern',
+           'SelectedPre', 'SparseDecode', 'load_sae']
 
 # %% ../nbs/01_sae.ipynb #3ff62181
 class BatchTopKSAE(nn.Module):
@@ -29,12 +29,12 @@ class BatchTopKSAE(nn.Module):
         self.d_in, self.d_sae, self.k, self.k_aux, self.aux_coef = d_in, d_sae, k, k_aux, aux_coef
         self.dead_after, self.threshold_lr = dead_after, threshold_lr
         g = torch.Generator().manual_seed(seed) if seed is not None else None
-        W = torch.empty(d_sae, d_in).uniform_(-1, 1, generator=g)
+        W = torch.empty(d_sae, d_in, device="cpu").uniform_(-1, 1, generator=g)   # built on the CPU; `.to(device)` moves it
         self.W_dec = nn.Parameter(W / W.norm(dim=1, keepdim=True))
         self.W_enc = nn.Parameter(self.W_dec.detach().T.clone())
-        self.b_enc, self.b_dec = nn.Parameter(torch.zeros(d_sae)), nn.Parameter(torch.zeros(d_in))
-        self.register_buffer("threshold", torch.tensor(-1.0))          # < 0: not estimated yet
-        self.register_buffer("since_fired", torch.zeros(d_sae, dtype=torch.long))
+        self.b_enc, self.b_dec = nn.Parameter(torch.zeros(d_sae, device="cpu")), nn.Parameter(torch.zeros(d_in, device="cpu"))
+        self.register_buffer("threshold", torch.tensor(-1.0, device="cpu"))          # < 0: not estimated yet
+        self.register_buffer("since_fired", torch.zeros(d_sae, dtype=torch.long, device="cpu"))
 
 # %% ../nbs/01_sae.ipynb #3b18df0d
 def check_sizes(d_in: int, d_sae: int, k: int, k_aux: int = 1):
@@ -73,12 +73,15 @@ def batch_topk(pre: Tensor, k: int) -> Tensor:
 # %% ../nbs/01_sae.ipynb #551655f8
 @patch
 @torch.no_grad()
-def _update_state(self: BatchTopKSAE, n: int, kept: Tensor, fired: Tensor):
-    "Running inference threshold and tokens-since-fired counters from a batch of `n` rows: `kept` values, `fired` latents."
-    if kept.numel():
-        lo = kept.min()
-        self.threshold.copy_(lo if self.threshold < 0 else self.threshold + self.threshold_lr * (lo - self.threshold))
+def _update_state(self: BatchTopKSAE, n: int, lo: Tensor, fired: Tensor):
+    "Running inference threshold and tokens-since-fired counters from a batch of `n` rows: `lo` the smallest kept value (inf: none), `fired` latents."
+    new = torch.where(self.threshold < 0, lo, self.threshold + self.threshold_lr * (lo - self.threshold))
+    self.threshold.copy_(torch.where(torch.isfinite(lo), new, self.threshold))   # tensor ops only: no wait for the GPU
     self.since_fired.add_(n).masked_fill_(fired, 0)
+
+def smallest_positive(v: Tensor) -> Tensor:
+    "The smallest positive entry of `v` (inf when there is none), without leaving the device."
+    return torch.where(v > 0, v, torch.inf).min() if v.numel() else torch.tensor(torch.inf, device=v.device)
 
 @patch
 def _sparsify(self: BatchTopKSAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -88,7 +91,7 @@ def _sparsify(self: BatchTopKSAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.threshold < 0: raise RuntimeError("No inference threshold yet: train the SAE (or encode in train mode).")
         return pre, dead, pre * (pre > self.threshold)
     acts = batch_topk(pre, self.k)
-    self._update_state(len(x), acts[acts > 0], (acts > 0).any(0))
+    self._update_state(len(x), smallest_positive(acts), (acts > 0).any(0))
     return pre, dead, acts
 
 @patch
@@ -209,9 +212,10 @@ def loss(self: MatryoshkaSAE, x: Tensor) -> dict[str, Tensor]:
                 l0=(acts > 0).sum(1).float().mean().detach(), ev=explained_variance(x, recons[-1]).detach())
 
 # %% ../nbs/01_sae.ipynb #05aed981
-def sort_indices(i: Tensor) -> Tensor:
-    "Sort non-negative integer indices (< 2**53) as float64 keys: torch's CPU int64 sort is 4-40x slower."
-    return i.double().sort().values.long() if i.device.type == "cpu" else i.sort().values
+def sort_indices(i: Tensor, values: bool = True) -> Tensor:
+    "Sorted non-negative integer indices `i` (< 2**53), or the order that sorts them; float64 keys on CPU (int64 sort: 4-40x slower)."
+    s = i.double().sort() if i.device.type == "cpu" else i.sort()
+    return s.values.long() if values else s.indices
 
 def exact_batch_topk(pre: Tensor, k: int, factor: int = 2) -> Tensor:
     "Sorted flat indices of the `B*k` largest entries of `pre` `(B, m)` (those `batch_topk` keeps), without a global sort."
@@ -235,14 +239,15 @@ class Pattern:
         self.rows, self.cols, self.shape = rows, cols, (n_rows, m)
         self.crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
         self.crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
-        self.perm = (cols * n_rows + rows).double().sort().indices        # column-major order (float64 keys: see above)
+        self.perm = sort_indices(cols * n_rows + rows, values=False)       # column-major order
         self.ccol = torch.zeros(m + 1, dtype=torch.long, device=rows.device)
         self.ccol[1:] = torch.bincount(cols, minlength=m).cumsum(0)
         self.rows_t = rows[self.perm]
 
-    def G(self, v: Tensor) -> Tensor: return torch.sparse_csr_tensor(self.crow, self.cols, v, self.shape, check_invariants=False)
-    def Gt(self, v: Tensor) -> Tensor: return torch.sparse_csr_tensor(self.ccol, self.rows_t, v[self.perm], self.shape[::-1],
-                                                          check_invariants=False)
+    def G(self, v: Tensor) -> Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.cols, v, self.shape, device=v.device, check_invariants=False)
+    def Gt(self, v: Tensor) -> Tensor:
+        return torch.sparse_csr_tensor(self.ccol, self.rows_t, v[self.perm], self.shape[::-1], device=v.device, check_invariants=False)
 
 # %% ../nbs/01_sae.ipynb #71e7714a
 class SelectedPre(torch.autograd.Function):
@@ -255,24 +260,28 @@ class SelectedPre(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         xc, W_enc, pos = ctx.saved_tensors
-        g = (g * pos).to(xc.dtype); pat = ctx.pat
-        gW = (pat.Gt(g) @ xc).t().to(W_enc.dtype) if ctx.needs_input_grad[1] else None
-        gb = torch.zeros(pat.shape[1], dtype=g.dtype, device=g.device).index_add_(0, pat.cols, g)
-        return pat.G(g) @ W_enc.t().to(xc.dtype), gW, gb, None, None
+        g, pat = (g * pos).float(), ctx.pat                             # sparse products in fp32, under autocast too
+        with torch.autocast(g.device.type, enabled=False):
+            gW = (pat.Gt(g) @ xc.float()).t().to(W_enc.dtype) if ctx.needs_input_grad[1] else None
+            gx = (pat.G(g) @ W_enc.float().t()).to(xc.dtype)
+        gb = torch.zeros(pat.shape[1], dtype=W_enc.dtype, device=g.device).index_add_(0, pat.cols, g.to(W_enc.dtype))
+        return gx, gW, gb, None, None
 
 # %% ../nbs/01_sae.ipynb #e8c7da50
 class SparseDecode(torch.autograd.Function):
     "`G(vals) @ W_dec` for the pattern `pat`: forward and backward without a dense `(B, m)` matrix."
     @staticmethod
     def forward(ctx, vals, W_dec, pat):
-        vals = vals.to(W_dec.dtype); ctx.save_for_backward(vals, W_dec); ctx.pat = pat
-        return pat.G(vals) @ W_dec
+        ctx.vals_dtype, vals = vals.dtype, vals.float(); ctx.save_for_backward(vals, W_dec); ctx.pat = pat
+        with torch.autocast(vals.device.type, enabled=False): return pat.G(vals) @ W_dec.float()   # fp32: no bf16 cuSPARSE
 
     @staticmethod
     def backward(ctx, g):
-        vals, W_dec = ctx.saved_tensors; pat = ctx.pat; g = g.to(W_dec.dtype).contiguous()
-        gv = torch.sparse.sampled_addmm(pat.G(torch.zeros_like(vals)), g, W_dec.t(), beta=0.0).values()
-        return gv, pat.Gt(vals) @ g, None
+        vals, W_dec = ctx.saved_tensors; pat = ctx.pat; g = g.float().contiguous()
+        with torch.autocast(g.device.type, enabled=False):
+            gv = torch.sparse.sampled_addmm(pat.G(torch.zeros_like(vals)), g, W_dec.float().t(), beta=0.0).values()
+            gW = pat.Gt(vals) @ g
+        return gv.to(ctx.vals_dtype), gW.to(W_dec.dtype), None
 
 # %% ../nbs/01_sae.ipynb #622c9cc1
 @patch
@@ -288,8 +297,8 @@ def _fast_select(self: BatchTopKSAE, x: Tensor):
     dead = self.since_fired >= self.dead_after
     idx = self._select(pre)
     pat, v = Pattern(idx // self.d_sae, idx % self.d_sae, len(x), self.d_sae), pre.flatten()[idx]
-    fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, pat.cols[v > 0], True)
-    self._update_state(len(x), v[v > 0], fired)
+    fired = torch.zeros(self.d_sae, device=x.device).index_add_(0, pat.cols, (v > 0).float()) > 0
+    self._update_state(len(x), smallest_positive(v), fired)
     return xc, pre, dead, pat, SelectedPre.apply(xc, self.W_enc, self.b_enc, v, pat)
 
 # %% ../nbs/01_sae.ipynb #8663bafc
@@ -298,7 +307,9 @@ def fast_aux_loss(self: BatchTopKSAE, x, x_hat, xc, pre, dead) -> Tensor:
     "`aux_loss` on sparse pieces: the same selection and value, no dense `(B, m)` product."
     n_dead = int(dead.sum())
     if n_dead == 0: return x.new_zeros(())
-    with torch.no_grad(): v, c = (pre * dead).topk(min(self.k_aux, n_dead), dim=1)
+    with torch.no_grad():
+        v, c = (pre * dead).topk(min(self.k_aux, n_dead), dim=1)
+        c, order = c.sort(dim=1); v = v.gather(1, order)                 # CSR wants sorted columns in each row
     pat = Pattern(torch.arange(len(x), device=x.device).repeat_interleave(v.shape[1]), c.flatten(), len(x), self.d_sae)
     recon = SparseDecode.apply(SelectedPre.apply(xc, self.W_enc, self.b_enc, v.flatten(), pat), self.W_dec, pat)
     return (recon - (x - x_hat).detach()).pow(2).mean()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_training.ipynb #fd5353ef
 from __future__ import annotations
-import dataclasses, json, math, os, random, shutil, time, types, typing
+import dataclasses, json, math, os, random, shutil, time, types, typing, weakref
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
@@ -15,9 +15,9 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size
 
 # %% auto #0
-__all__ = ['PRESETS', 'POSITIVE', 'SAE_KINDS', 'RUN_FILES', 'TrainConfig', 'check_values', 'make_config', 'parse_kind',
-           'build_sae', 'memory_needed', 'check_memory', 'lr_factor', 'activation_source', 'atomic_save', 'Run',
-           'load_checkpoint', 'train', 'finish', 'plot_run']
+__all__ = ['PRESETS', 'POSITIVE', 'SAE_KINDS', 'STEP_BYTES', 'RUN_FILES', 'TrainConfig', 'check_values', 'make_config',
+           'parse_kind', 'build_sae', 'memory_needed', 'check_memory', 'lr_factor', 'model_dtype', 'activation_source',
+           'atomic_save', 'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'train', 'finish', 'plot_run']
 
 # %% ../nbs/03_training.ipynb #e4926109
 @dataclass
@@ -53,6 +53,7 @@ class TrainConfig:
     decay_frac: float = 0.0                  # fraction of training with linear lr decay to 0 at the end (0: none)
     seed: int = 0
     device: str = "auto"                     # "auto": cuda if available
+    model_dtype: str = "auto"                # the language model's dtype: "auto" = bfloat16 on a GPU that has it, else float32
     autocast: bool = True                    # bf16 autocast on GPU (fp32 on CPU regardless)
     # bookkeeping
     log_every: int = 50
@@ -104,6 +105,8 @@ def check_values(cfg: TrainConfig):
     "Refuse values that can't train: sizes, counts and the learning rate must be positive; one batch at least."
     bad = {k: getattr(cfg, k) for k in POSITIVE if not getattr(cfg, k) > 0}
     if bad: raise ValueError(f"Config field(s) {bad} must be > 0.")
+    if cfg.model_dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"model_dtype={cfg.model_dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'.")
     if cfg.total_tokens < cfg.batch_size:
         raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch (batch_size={cfg.batch_size}).")
 
@@ -138,16 +141,19 @@ def build_sae(kind: str, cfg: TrainConfig, d_in: int):
     return cls(d_in, cfg.d_sae, **kw)
 
 # %% ../nbs/03_training.ipynb #02df5119
-def memory_needed(cfg: TrainConfig, d_in: int) -> int:
-    "Rough peak bytes of a training step for all SAEs of `cfg` (fp32)."
-    params = 4 * (2 * d_in * cfg.d_sae + cfg.d_sae + d_in) * 4            # weights, grads, Adam m and v
-    step = 6 * cfg.batch_size * cfg.d_sae * 4                              # pre-acts, top-k, grads, aux
-    gram = 2 * 1024 * min(cfg.chunk_size, cfg.d_sae) * 4                   # penalty search tile
-    return len(cfg.saes) * params + step + gram + cfg.buffer_size * d_in * 4
+# Transient bytes of one SAE's training step per (batch row x latent), on top of its weights, gradients and Adam state:
+# peak memory measured by `ortsae doctor` (chapter 08) on an H200, d 2304, m 65,536, batch 4,096, bf16 autocast.
+STEP_BYTES = {"batchtopk": 11, "matryoshka": 35, "ortsae": 48, "ort-matryoshka": 67}
+
+def memory_needed(cfg: TrainConfig, d_in: int, model_bytes: int = 0) -> int:
+    "Peak bytes of training `cfg`: the model (`model_bytes`), the buffer, every SAE's fp32 weights with gradients and Adam state, the largest step."
+    persistent = 16 * (2 * d_in * cfg.d_sae + cfg.d_sae + d_in)            # weights, gradients, Adam m and v (fp32)
+    step = max(STEP_BYTES[k.partition("-seed")[0]] for k in cfg.saes) * cfg.batch_size * cfg.d_sae   # SAEs step one at a time
+    return model_bytes + 2 * cfg.buffer_size * d_in * 4 + len(cfg.saes) * persistent + step   # buffer: store + reshuffle
 
 def check_memory(cfg: TrainConfig, d_in: int, device: str):
-    "Refuse (before allocating) a config whose step would not fit in the device's memory."
-    if device.startswith("cuda"): free = torch.cuda.mem_get_info()[0]
+    "Refuse (before allocating the SAEs) a config whose training would not fit in what the device has free (the model is already loaded)."
+    if device.startswith("cuda"): free = torch.cuda.mem_get_info(device)[0]
     else: free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     need = memory_needed(cfg, d_in)
     if need > 0.9 * free:
@@ -163,6 +169,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, decay_frac: float)
     return warm * decay
 
 # %% ../nbs/03_training.ipynb #e55bcf99
+def model_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
+    "The dtype the language model runs in (training and evaluation alike, so held-out activations match the training ones)."
+    if cfg.model_dtype != "auto": return getattr(torch, cfg.model_dtype)
+    return torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+
 def activation_source(cfg: TrainConfig, device: str, skip: int = 0):
     "An iterator of activation chunks for `cfg`, fast-forwarded by `skip` chunks, and its width `d_in`."
     if cfg.source.startswith("shards:"):
@@ -171,7 +182,7 @@ def activation_source(cfg: TrainConfig, device: str, skip: int = 0):
         chunks = (c for part in ([first], chunks) for c in part)
         for _ in range(skip): next(chunks, None)
         return chunks, first.shape[1]
-    model = load_model_for_hook(cfg.model, cfg.hook, device)
+    model = load_model_for_hook(cfg.model, cfg.hook, device, model_dtype(cfg, device))
     return activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), model.cfg.d_model
 
 # %% ../nbs/03_training.ipynb #66cd2d6a
@@ -180,6 +191,20 @@ def atomic_save(obj, path: Path):
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+# %% ../nbs/03_training.ipynb #98f3b7e1
+class StepTimer:
+    "Seconds spent per key: wall clock on CPU; CUDA events on a GPU, read only at `flush` (no wait inside the step)."
+    def __init__(self, seconds: dict, device: str): self.seconds, self.cuda, self.pending = seconds, str(device).startswith("cuda"), []
+    def start(self):
+        if not self.cuda: return time.perf_counter()
+        e = torch.cuda.Event(enable_timing=True); e.record(); return e
+    def stop(self, key: str, t):
+        if self.cuda: e = torch.cuda.Event(enable_timing=True); e.record(); self.pending.append((key, t, e))
+        else: self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
+    def flush(self) -> dict:
+        for key, a, b in self.pending: b.synchronize(); self.seconds[key] = self.seconds.get(key, 0.0) + a.elapsed_time(b) / 1000
+        self.pending.clear(); return self.seconds
 
 # %% ../nbs/03_training.ipynb #080f6e1e
 class Run:
@@ -191,6 +216,7 @@ class Run:
         self.total_steps = cfg.total_tokens // (cfg.batch_size * self.world)
         self.step, self.tokens, self.seconds, self.saes, self.opts, self.scheds, self.buffer = 0, 0, 0.0, {}, {}, {}, None
         self.sae_seconds: dict[str, float] = {}   # time spent in each SAE's steps (the model's forward is shared)
+        self.timer = StepTimer(self.sae_seconds, self.device)
 
 # %% ../nbs/03_training.ipynb #0d122b59
 def _check(self: Run):
@@ -217,14 +243,16 @@ def _build(self: Run, d_in: int):
     for kind in c.saes:
         sae = self.saes[kind] = build_sae(kind, c, d_in).to(self.device)
         self.opts[kind] = torch.optim.AdamW(sae.parameters(), lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        run = weakref.ref(self)   # no run <-> scheduler cycle: a finished run's GPU memory is freed as soon as it is dropped
         self.scheds[kind] = torch.optim.lr_scheduler.LambdaLR(
-            self.opts[kind], lambda s: lr_factor(s, self.total_steps, c.warmup_steps, c.decay_frac))
+            self.opts[kind], lambda s: lr_factor(s, run().total_steps, c.warmup_steps, c.decay_frac))
     return self
 Run.check, Run.setup, Run.build = _check, _setup, _build
 
 # %% ../nbs/03_training.ipynb #f59e6105
 def _state(self: Run) -> dict:
     "Everything needed to continue this run."
+    self.timer.flush()
     return {"cfg": asdict(self.cfg), "step": self.step, "tokens": self.tokens, "seconds": self.seconds,
             "saes": {k: s.state_dict() for k, s in self.saes.items()},
             "opts": {k: o.state_dict() for k, o in self.opts.items()},
@@ -236,9 +264,13 @@ Run.state = _state
 # %% ../nbs/03_training.ipynb #0d57ebd7
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     "Read a checkpoint and check it belongs to a run with config `cfg`."
-    try: state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e: raise ValueError(f"Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}); "
-                                            f"it was left as is. Start a new run folder or use --overwrite.") from e
+    try: state = torch.load(path, map_location="cpu", weights_only=True)   # tensors and plain data only: no code runs
+    except Exception as e:
+        if "Unsupported global" in str(e):                                 # a pickled class or function
+            raise ValueError(f"Checkpoint {path} holds Python objects besides tensors and plain data; loading them could run "
+                             f"code, so ortsae refuses it (ortsae's own checkpoints never do). It was left as is.") from None
+        raise ValueError(f"Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}); "
+                         f"it was left as is. Start a new run folder or use --overwrite.") from e
     if not isinstance(state, dict) or "cfg" not in state: raise ValueError(f"{path} is not an ortsae checkpoint.")
     diff = {k: (v, asdict(cfg).get(k)) for k, v in state["cfg"].items() if asdict(cfg).get(k) != v}
     if diff: raise ValueError(f"Checkpoint {path} belongs to a different run; differing fields (checkpoint, now): {diff}")
@@ -257,29 +289,36 @@ def _load_state(self: Run, state: dict):
         self.saes[k].load_state_dict(state["saes"][k]); self.opts[k].load_state_dict(state["opts"][k])
         self.scheds[k].load_state_dict(state["scheds"][k])
     self.step, self.tokens, self.seconds = state["step"], state["tokens"], state["seconds"]
-    self.sae_seconds = dict(state.get("sae_seconds", {}))
+    self.sae_seconds.clear(); self.sae_seconds.update(state.get("sae_seconds", {}))   # the timer adds to this dict
     self.total_steps = self.step + (self.cfg.total_tokens - self.tokens) // (self.cfg.batch_size * self.world)
     torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"])
     return self
 Run.restore, Run.load_state = _restore, _load_state
 
 # %% ../nbs/03_training.ipynb #1a236b38
-def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, float]]:
-    "One optimizer step of every SAE on the batch `x`; returns each SAE's detached loss terms."
-    logs = {}
-    use_amp = self.cfg.autocast and self.device.startswith("cuda")
+def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, Tensor]]:
+    "One optimizer step of every SAE on the batch `x`; returns each SAE's detached loss terms (tensors: reading them waits for the GPU)."
+    logs, amp = {}, self.cfg.autocast and x.device.type == "cuda" and torch.cuda.is_bf16_supported()
     for k, sae in self.saes.items():
-        t = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        t = self.timer.start()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):   # sparse products stay fp32 (chapter 01)
             out = sae.loss(x)
         self.opts[k].zero_grad(set_to_none=True)
         out["loss"].backward()
         self.sync_grads(sae)
         sae.remove_parallel_grad(); self.opts[k].step(); sae.normalize_decoder(); self.scheds[k].step()
-        logs[k] = {n: v.item() for n, v in out.items()} | {"dead": (sae.since_fired >= sae.dead_after).float().mean().item()}
-        self.sae_seconds[k] = self.sae_seconds.get(k, 0.0) + time.perf_counter() - t   # .item() above has synced
+        logs[k] = {n: v.detach() for n, v in out.items()} | {"dead": (sae.since_fired >= sae.dead_after).float().mean()}
+        self.timer.stop(k, t)
     self.step += 1; self.tokens += len(x) * self.world
     return logs
+
+def read_logs(logs: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, float]]:
+    "`train_step`'s tensors as floats, in one transfer (the only wait for the GPU; training does it every `log_every` steps)."
+    flat = [(k, n, v) for k, d in logs.items() for n, v in d.items()]
+    vals = torch.stack([v.float().reshape(()) for _, _, v in flat]).tolist() if flat else []
+    out = {k: {} for k in logs}
+    for (k, n, _), v in zip(flat, vals): out[k][n] = v
+    return out
 Run.train_step = _train_step
 
 # hooks that chapter 07 (data-parallel training) overrides; one process: nothing to do
@@ -355,6 +394,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
             if x is None: print(f"The corpus ran out after {run.tokens:,} tokens."); ran_out = True; break
             logs = run.train_step(x)
             if run.step % cfg.log_every == 0 or run.step == end:
+                logs = read_logs(logs); run.timer.flush()           # the loop's only wait for the GPU
                 line = _log_line(run, logs, t0)
                 log.write(json.dumps(line) + "\n"); log.flush()
                 if wb: wb.log(line, step=run.step)

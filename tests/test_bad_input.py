@@ -32,3 +32,12 @@ def test_eval_of_a_run_with_a_corrupt_sae_exits_cleanly(tmp_path, capsys):
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert "missing or corrupt" in err and "Traceback" not in err
+
+
+def test_hub_corpus_offline_is_a_clear_error(monkeypatch):
+    "Streaming a hub corpus without a connection says so and names the offline choices (no raw traceback)."
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from ortsae.activations import text_stream, CORPORA
+    assert CORPORA["openwebtext"][1] == "refs/convert/parquet"   # the script-based repo's parquet conversion
+    with pytest.raises(RuntimeError, match="internet connection.*shakespeare"):
+        next(text_stream("openwebtext"))

@@ -29,3 +29,26 @@ def test_torchrun_train_then_resume_with_two_ranks(tmp_path):
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (s["steps"], s["tokens"]) == (4096 // 128, 4096) and "trained 2 SAEs" in second.stdout
     assert not (tmp_path / "run" / "saes" / "ortsae" / "cfg.json").read_text().count("DistributedRun")
+
+
+def _ties_worker(rank, world, folder):
+    import types, torch.distributed as dist
+    from ortsae.distributed import global_select
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(rank)
+    pre = (torch.rand(32, 256, generator=g) * 64).round() / 16         # coarse values, as bf16 gives: many ties
+    idx = global_select(types.SimpleNamespace(k=5), pre)
+    n = torch.tensor(len(idx)); dist.all_reduce(n)
+    torch.save({"n": int(n), "sorted": bool(torch.equal(idx, idx.sort().values)), "min_kept": float(pre.flatten()[idx].min()) if len(idx) else float("inf"),
+                "max_left": float(pre.flatten()[torch.ones(pre.numel(), dtype=torch.bool).index_fill_(0, idx, False)].max())},
+               f"{folder}/r{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_global_selection_with_ties_keeps_exactly_b_times_k(tmp_path):
+    "Ties at the global threshold (bf16) must not push L0 above k: all ranks together keep exactly world x B x k."
+    import torch.multiprocessing as mp
+    mp.spawn(_ties_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    r = [torch.load(tmp_path / f"r{i}.pt") for i in range(2)]
+    assert r[0]["n"] == 2 * 32 * 5 and all(x["sorted"] for x in r)
+    assert min(x["min_kept"] for x in r) >= max(x["max_left"] for x in r)   # nothing left out beats anything kept
