@@ -13,7 +13,7 @@ from .metrics import evaluate_run, table1
 from .doctor import doctor
 
 # %% auto #0
-__all__ = ['capture_cmd', 'train_cmd', 'main']
+__all__ = ['capture_cmd', 'field_help', 'train_cmd', 'main']
 
 # %% ../nbs/90_cli.ipynb #8a739774
 def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_post", source: str = "shakespeare",
@@ -56,6 +56,15 @@ def _value(s: str):
     try: return json.loads(s)
     except json.JSONDecodeError: return s
 
+def field_help() -> dict[str, str]:
+    "Each `TrainConfig` field's comment in its source: the `--help` text of its flag."
+    import inspect, re
+    src = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^=\n]+=[^#\n]*#\s*(.*)$", src, re.M)}
+
+def _default(f) -> str:
+    return repr(f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+
 def _add_train(sub):
     t = sub.add_parser("train", help="train BatchTopK, Matryoshka and OrtSAE SAEs on one activation stream",
                        description="Train the SAEs of a run. Every TrainConfig field is also a flag (--k 32 --gamma 0.5).")
@@ -65,10 +74,11 @@ def _add_train(sub):
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="delete what --run-dir holds and start again")
     t.add_argument("--stop-at", type=int, default=None, help="stop after this many steps (a checkpoint is kept)")
+    helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         list_field = "list" in str(f.type)
         t.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, type=_value, nargs="+" if list_field else None,
-                       default=None, help=f"config field ({f.type})")
+                       default=None, help=f"{helps.get(f.name, 'config field')} ({f.type}; paper default {_default(f)})")
 
 # %% ../nbs/90_cli.ipynb #598d1b63
 def train_cmd(args) -> dict:
@@ -94,7 +104,8 @@ def _print_summary(s: dict, run_dir: str):
     print(f"trained {len(s['saes'])} SAEs on {s['tokens']:,} tokens in {s['seconds']} s ({s['tokens_per_s']:,} tokens/s)")
     print(f"{'SAE':16s} {'MSE':>8s} {'EV':>6s} {'L0':>6s} {'dead':>6s} {'ortho':>7s}")
     for k, v in s["saes"].items():
-        print(f"{k:16s} {v['mse']:8.4f} {v['ev']:6.3f} {v['l0']:6.1f} {v['dead']:6.1%} {v.get('ortho', float('nan')):7.4f}")
+        ortho = f"{v['ortho']:7.4f}" if "ortho" in v else f"{'-':>7s}"          # only the orthogonal kinds have a penalty
+        print(f"{k:16s} {v['mse']:8.4f} {v['ev']:6.3f} {v['l0']:6.1f} {v['dead']:6.1%} {ortho}")
     print(f"run folder: {run_dir} (config.json, log.jsonl, training.png, summary.json, saes/)")
 
 # %% ../nbs/90_cli.ipynb #1715b1ca

@@ -63,7 +63,8 @@ def doctor_eval(run_dir: Path, device: str, d: int, composition_steps: int = 200
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(1000, d, generator=g), torch.randint(0, 26, (1000,), generator=g)
     letters = letter_probes(x, y, 800, min_probe_f1=0.0, min_letters=0)
-    out = evaluate_run(run_dir, n_tokens=4096, composition_steps=composition_steps, device=device, plot=False, letters=letters)
+    out = evaluate_run(run_dir, n_tokens=4096, composition_steps=composition_steps, device=device, plot=False, letters=letters,
+                       progress=False)
     return {k: {m: r[m] for m in ("explained_variance", "l0", "mean_cos_sim", "composition_rate", "absorption")}
             for k, r in out["saes"].items()}
 

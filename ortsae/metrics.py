@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_metrics.ipynb #d276cc57
 from __future__ import annotations
-import json, math
+import json, math, time
 from pathlib import Path
 import torch
 from torch import Tensor
@@ -339,11 +339,14 @@ def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e
     dev = sae.W_dec.device
     x, y, s, probe = data["x"].to(dev), data["y"].to(dev), data["split"], data["probe"].to(dev)
     f, ranks, per, fr, fu = sae.encode(x), None, {}, [], []
+    # SAEBench's SAEs have unit-norm decoder rows; ours fold the activation scale into them. Its probes see the
+    # activations of the equivalent unit-norm SAE (ours times the row norms): the L1 ranking is not scale-free.
+    fp = f * sae.W_dec.norm(dim=1) if recipe == "saebench" else f
     for l in data["letters"]:
         f1s, ml = [], (main or {}).get(chr(97 + l))
         if ml is None:
-            ranks = ranks or rank_latents(f[:s], y[:s], l1=l1, recipe=recipe, seed=seed)
-            ml, f1s = main_latents(f[:s], (y[:s] == l).long(), f[s:], (y[s:] == l).long(), ranks[l], max_k, jump)
+            ranks = ranks or rank_latents(fp[:s], y[:s], l1=l1, recipe=recipe, seed=seed)
+            ml, f1s = main_latents(fp[:s], (y[:s] == l).long(), fp[s:], (y[s:] == l).long(), ranks[l], max_k, jump)
         hits = (y[s:] == l) & (probe(x[s:])[:, l] > 0)           # test words of letter l the probe gets right
         if not hits.any(): continue
         frac, full = absorption_scores(f[s:][hits], x[s:][hits] - (sae.b_dec if centre else 0), sae.W_dec,
@@ -457,29 +460,40 @@ def _sae_metrics(name, sae, path, acts, letters, baselines, model, cfg, calibrat
         r.update({k: sum(c[k] for c in ce) / len(ce) for k in ce[0]})
     return r
 
+# %% ../nbs/04_metrics.ipynb #fbe186d5
+def _status(progress: bool = True):
+    "A function that prints a timed status line per phase (nothing when `progress` is False)."
+    t0 = time.perf_counter()
+    def say(msg: str):
+        if progress: print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
+    return say
+
+def _load_run(run_dir: Path, device: str):
+    "A run folder's config, its SAE folders, and its SAEs on `device`."
+    from ortsae.train import TrainConfig
+    if not (run_dir / "saes").is_dir(): raise FileNotFoundError(f"No trained SAEs in {run_dir}/saes: train (to the end) first.")
+    paths = {p.name: p for p in sorted((run_dir / "saes").iterdir()) if (p / "cfg.json").exists()}
+    return TrainConfig.load(run_dir / "config.json"), paths, {k: load_sae(p).to(device) for k, p in paths.items()}
+
 # %% ../nbs/04_metrics.ipynb #e250cfb8
 def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,
-                 absorption_words: int | None = 10_000, min_probe_f1: float = 0.6, min_letters: int = 20,
-                 device: str = "cpu", plot: bool = True, letters: dict | None = None, calibrate: bool = True) -> dict:
+                 absorption_words: int | None = 10_000, min_probe_f1: float = 0.6, min_letters: int = 20, device: str = "cpu",
+                 plot: bool = True, letters: dict | None = None, calibrate: bool = True, progress: bool = True) -> dict:
     "Every metric for every SAE in a run folder, on held-out tokens; writes `metrics.json` (and `metrics.png`) there."
-    from ortsae.train import TrainConfig
-    from tqdm.auto import tqdm
-    run_dir = Path(run_dir)
-    if not (run_dir / "saes").is_dir(): raise FileNotFoundError(f"No trained SAEs in {run_dir}/saes: train (to the end) first.")
-    cfg = TrainConfig.load(run_dir / "config.json")
-    paths = {p.name: p for p in sorted((run_dir / "saes").iterdir()) if (p / "cfg.json").exists()}
-    saes = {k: load_sae(p).to(device) for k, p in paths.items()}
-    acts, model, held = _heldout(cfg, run_dir, n_tokens, device)
+    say, (cfg, paths, saes) = _status(progress), _load_run(Path(run_dir), device)
+    say(f"{len(saes)} SAEs; reading held-out activations"); acts, model, held = _heldout(cfg, Path(run_dir), n_tokens, device)
+    say(f"{len(acts):,} held-out activations; CE/KL baselines on {ce_batches if model else 0} batches")
     baselines = _ce_batches(cfg, model, held["skipped_chunks"] + held["chunks"], ce_batches, device) if model else []
     out = dict(run=str(run_dir), n_tokens=len(acts), heldout=held, calibrated=calibrate, saes={}, absorption_error=None)
     if absorption_words != 0 and letters is None:
+        say("letter probes for absorption (spelling prompts through the model)")
         letters, out["absorption_error"] = _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters)
     if letters: out["probe_f1"] = {chr(97 + l): round(letters["probe_f1"][l].item(), 3) for l in range(26)}
-    for name, sae in tqdm(saes.items(), desc="evaluating SAEs"):
+    for name, sae in saes.items():
+        say(f"{name}: threshold, reconstruction, geometry, composition (meta-SAE), absorption, CE/KL")
         out["saes"][name] = _sae_metrics(name, sae, paths[name], acts.to(device), letters, baselines, model, cfg, calibrate, composition_steps)
-    _add_baselines(out, saes, composition_steps, device)
-    (run_dir / "metrics.json").write_text(json.dumps(out, indent=1))
-    if plot: _save_plot(out, saes, run_dir)
+    say("random-decoder baselines and unique features"); _add_baselines(out, saes, composition_steps, device)
+    _save(out, saes, Path(run_dir), plot); say(f"done: {run_dir}/metrics.json")
     return out
 
 # %% ../nbs/04_metrics.ipynb #aa8c0b93
@@ -496,8 +510,11 @@ def _add_baselines(out: dict, saes: dict, composition_steps: int, device: str):
         out["saes"][name]["unique_vs_batchtopk"] = unique_fraction(sae.W_dec.detach(), Wb)
         out["saes"][name]["batchtopk_unique_vs_this"] = unique_fraction(Wb, sae.W_dec.detach())
 
-def _save_plot(out: dict, saes: dict, run_dir: Path):
+def _save(out: dict, saes: dict, run_dir: Path, plot: bool = True):
+    "Write `metrics.json` and (`plot`) `metrics.png` into the run folder."
     import matplotlib.pyplot as plt
+    (run_dir / "metrics.json").write_text(json.dumps(out, indent=1))
+    if not plot: return
     fig = plot_comparison(out["saes"], {k: s.W_dec.detach().cpu() for k, s in saes.items()})
     fig.savefig(run_dir / "metrics.png", dpi=100); plt.close(fig)
 

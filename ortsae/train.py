@@ -27,40 +27,40 @@ class TrainConfig:
     model: str = "gemma-2-2b"                # short name from `ortsae.activations.MODELS` or a hub id
     hook: str = "blocks.12.hook_resid_post"  # paper: layer 12 (resid_post is our reading; the paper doesn't say)
     source: str = "openwebtext"              # corpus, or "shards:PATH" for activations cached with `write_shards`
-    ctx_len: int = 1024
+    ctx_len: int = 1024                      # tokens per context
     model_batch: int = 8                     # contexts per forward pass of the model
     buffer_size: int = 2048 * 64             # activations mixed in the shuffling buffer
-    total_tokens: int = 500_000_000
+    total_tokens: int = 500_000_000          # activations each SAE trains on
     # SAEs
-    saes: list[str] = field(default_factory=lambda: ["batchtopk", "matryoshka", "ortsae"])
-    d_sae: int = 65536
-    k: int = 70
+    saes: list[str] = field(default_factory=lambda: ["batchtopk", "matryoshka", "ortsae"])   # SAE kinds (-seedN: another init)
+    d_sae: int = 65536                       # latents per SAE
+    k: int = 70                              # mean active latents per token (BatchTopK: B*k per batch)
     k_aux: int = 512                         # BatchTopK repo
-    aux_coef: float = 1 / 32
+    aux_coef: float = 1 / 32                 # AuxK loss weight
     dead_after: int = 5 * 2048               # tokens without firing: dead for AuxK (BatchTopK repo: 5 batches)
     group_sizes: list[int] | None = None     # Matryoshka groups; None: m/16, m/16, m/8, m/4, m/2
-    gamma: float = 0.25
-    chunk_size: int = 8192
+    gamma: float = 0.25                      # orthogonality penalty weight (paper Eq. 5)
+    chunk_size: int = 8192                   # features per penalty chunk (paper: m / K)
     every: int = 1                           # penalty every N steps with N * gamma (paper's cheaper variant: 5)
     margin: float | None = None              # penalty variant: only cosines above the margin cost (None: paper)
     absolute: bool = False                   # penalty variant: |cos|, anti-parallel pairs count (False: paper)
     # optimisation
-    lr: float = 2e-4
-    batch_size: int = 2048
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr: float = 2e-4                         # AdamW learning rate after warm-up
+    batch_size: int = 2048                   # activations per SAE step
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])   # AdamW betas
     weight_decay: float = 0.0                # AdamW; the paper gives no value
-    warmup_steps: int = 1000
+    warmup_steps: int = 1000                 # linear learning-rate warm-up
     decay_frac: float = 0.0                  # fraction of training with linear lr decay to 0 at the end (0: none)
-    seed: int = 0
+    seed: int = 0                            # SAE initialisation, buffer shuffling and penalty chunks
     device: str = "auto"                     # "auto": cuda if available
     model_dtype: str = "auto"                # the language model's dtype: "auto" = bfloat16 on a GPU that has it, else float32
     autocast: bool = True                    # bf16 autocast on GPU (fp32 on CPU regardless)
     # bookkeeping
-    log_every: int = 50
-    checkpoint_every: int = 1000
+    log_every: int = 50                      # steps between log lines (and reads from the GPU)
+    checkpoint_every: int = 1000             # steps between checkpoints
     n_scale: int = 4096                      # activations used to estimate the scaling factor
     wandb: bool = False                      # also log to Weights & Biases (needs `pip install wandb` and a login)
-    wandb_project: str = "ortsae"
+    wandb_project: str = "ortsae"            # Weights & Biases project
 
 # %% ../nbs/03_training.ipynb #297e4c5d
 PRESETS: dict[str, dict] = {
@@ -69,7 +69,7 @@ PRESETS: dict[str, dict] = {
                   model_batch=16, buffer_size=2048 * 16, total_tokens=3_000_000, d_sae=8192, k=32, batch_size=1024,
                   chunk_size=4096, lr=5e-4, warmup_steps=100, log_every=20, checkpoint_every=500),
     "smoke": dict(model=OFFLINE_MODEL, hook="blocks.6.hook_resid_post", source="shakespeare", ctx_len=128,
-                  model_batch=16, buffer_size=4096 * 4, total_tokens=250_000, d_sae=2048, k=32, batch_size=512,
+                  model_batch=16, buffer_size=4096 * 4, total_tokens=80_000, d_sae=2048, k=32, batch_size=512,
                   chunk_size=1024, lr=1e-3, warmup_steps=20, dead_after=20_000, log_every=10, checkpoint_every=100,
                   n_scale=2048),
 }
@@ -227,16 +227,9 @@ def _check(self: Run):
     if c.k >= c.d_sae: raise ValueError(f"k={c.k} must be smaller than the dictionary (d_sae={c.d_sae}).")
     check_chunk_size(c.d_sae, min(c.chunk_size, c.d_sae))
     torch.manual_seed(c.seed); random.seed(c.seed)
+Run.check = _check
 
-def _setup(self: Run, skip: int = 0, scale: float | bool = True):
-    "The activation source and buffer of the config, then the SAEs."
-    c = self.cfg
-    self.check()
-    source, d_in = activation_source(c, self.device, skip)
-    check_memory(c, d_in, self.device)
-    self.buffer = scaled_buffer(source, c.batch_size, c.buffer_size, c.seed, scale, c.n_scale, self.device)
-    return self.build(d_in)
-
+# %% ../nbs/03_training.ipynb #f72a6ad4
 def _build(self: Run, d_in: int):
     "Every SAE of the config for activations of width `d_in`, with its optimizer and schedule (any data source)."
     c = self.cfg
@@ -247,7 +240,18 @@ def _build(self: Run, d_in: int):
         self.scheds[kind] = torch.optim.lr_scheduler.LambdaLR(
             self.opts[kind], lambda s: lr_factor(s, run().total_steps, c.warmup_steps, c.decay_frac))
     return self
-Run.check, Run.setup, Run.build = _check, _setup, _build
+Run.build = _build
+
+# %% ../nbs/03_training.ipynb #426f2131
+def _setup(self: Run, skip: int = 0, scale: float | bool = True):
+    "The activation source and buffer of the config, then the SAEs."
+    c = self.cfg
+    self.check()
+    source, d_in = activation_source(c, self.device, skip)
+    check_memory(c, d_in, self.device)
+    self.buffer = scaled_buffer(source, c.batch_size, c.buffer_size, c.seed, scale, c.n_scale, self.device)
+    return self.build(d_in)
+Run.setup = _setup
 
 # %% ../nbs/03_training.ipynb #f59e6105
 def _state(self: Run) -> dict:
@@ -311,7 +315,13 @@ def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, Tensor]]:
         self.timer.stop(k, t)
     self.step += 1; self.tokens += len(x) * self.world
     return logs
+Run.train_step = _train_step
 
+# hooks that chapter 07 (data-parallel training) overrides; one process: nothing to do
+Run.sync_grads = lambda self, sae: None          # average gradients across processes
+Run.sync_init = lambda self: None                # make every process start from the same SAEs
+
+# %% ../nbs/03_training.ipynb #11cee4f0
 def read_logs(logs: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, float]]:
     "`train_step`'s tensors as floats, in one transfer (the only wait for the GPU; training does it every `log_every` steps)."
     flat = [(k, n, v) for k, d in logs.items() for n, v in d.items()]
@@ -319,11 +329,6 @@ def read_logs(logs: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, float]]
     out = {k: {} for k in logs}
     for (k, n, _), v in zip(flat, vals): out[k][n] = v
     return out
-Run.train_step = _train_step
-
-# hooks that chapter 07 (data-parallel training) overrides; one process: nothing to do
-Run.sync_grads = lambda self, sae: None          # average gradients across processes
-Run.sync_init = lambda self: None                # make every process start from the same SAEs
 
 # %% ../nbs/03_training.ipynb #19667865
 RUN_FILES = ["config.json", "log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "summary.json", "training.png"]
@@ -369,45 +374,53 @@ def _wandb(cfg: TrainConfig, run_dir: Path):
     return wandb.init(project=cfg.wandb_project, name=run_dir.name, id=f"ortsae-{abs(hash(str(run_dir.resolve()))):x}",
                       resume="allow", config=asdict(cfg))
 
+# %% ../nbs/03_training.ipynb #8fdddd2f
+def _start(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, run_cls: type | None = None) -> Run:
+    "A run ready to step: folder checked, then restored from its checkpoint or set up afresh (`b_dec` at a sample's median)."
+    run = (run_cls or Run)(cfg, run_dir)
+    if run.is_main: state = _prepare_dir(run_dir, cfg, resume, overwrite)   # other processes only read the checkpoint
+    else: state = load_checkpoint(run_dir / "checkpoint.pt", cfg) if resume else None
+    if state: return run.restore(state)
+    run.setup()
+    sample = run.buffer.peek(cfg.n_scale)          # scaled, like the batches; nothing is consumed
+    for sae in run.saes.values(): sae.init_b_dec(sample)
+    run.sync_init()
+    return run
+
+# %% ../nbs/03_training.ipynb #33a0de59
+def _checkpoint(run: Run, run_dir: Path, t0: float) -> float:
+    "Save the run's state atomically (main process); return the new origin of the run's clock."
+    run.seconds += time.perf_counter() - t0
+    state = run.state()                              # every process: chapter 07's state() communicates
+    if run.is_main: atomic_save(state, run_dir / "checkpoint.pt")
+    return time.perf_counter()
+
+def _log(run: Run, logs: dict, t0: float, log, wb, bar):
+    "Read a step's loss terms in one transfer and write them: log file, W&B, progress bar."
+    logs = read_logs(logs); run.timer.flush()
+    line = _log_line(run, logs, t0)
+    log.write(json.dumps(line) + "\n"); log.flush()
+    if wb: wb.log(line, step=run.step)
+    bar.set_postfix_str(_postfix(logs), refresh=False)
+
 # %% ../nbs/03_training.ipynb #792d0507
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
           stop_at: int | None = None, progress: bool = True, run_cls: type | None = None) -> Run:
     "Train every SAE in `cfg.saes` on one activation stream; write logs, checkpoints and the final SAEs to `run_dir`."
     from tqdm.auto import tqdm
-    run_dir = Path(run_dir)
-    run = (run_cls or Run)(cfg, run_dir)
-    if run.is_main: state = _prepare_dir(run_dir, cfg, resume, overwrite)   # other processes only read the checkpoint
-    else: state = load_checkpoint(run_dir / "checkpoint.pt", cfg) if resume else None
-    run.restore(state) if state else run.setup()
-    if state is None:
-        sample = run.buffer.peek(cfg.n_scale)          # scaled, like the batches; nothing is consumed
-        for sae in run.saes.values(): sae.init_b_dec(sample)
-        run.sync_init()
-    wb = _wandb(cfg, run_dir) if run.is_main else None
-    end = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
-    ran_out = False
+    run_dir = Path(run_dir); run = _start(cfg, run_dir, resume, overwrite, run_cls)
+    wb, end = _wandb(cfg, run_dir) if run.is_main else None, run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (progress and run.is_main), dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0, ran_out = time.perf_counter(), False
     with open(run_dir / "log.jsonl", "a") if run.is_main else open(os.devnull, "w") as log:
         while run.step < end:
-            x = next(run.buffer, None)
-            if x is None: print(f"The corpus ran out after {run.tokens:,} tokens."); ran_out = True; break
+            if (x := next(run.buffer, None)) is None: print(f"The corpus ran out after {run.tokens:,} tokens."); ran_out = True; break
             logs = run.train_step(x)
-            if run.step % cfg.log_every == 0 or run.step == end:
-                logs = read_logs(logs); run.timer.flush()           # the loop's only wait for the GPU
-                line = _log_line(run, logs, t0)
-                log.write(json.dumps(line) + "\n"); log.flush()
-                if wb: wb.log(line, step=run.step)
-                bar.set_postfix_str(_postfix(logs), refresh=False)
-            if run.step % cfg.checkpoint_every == 0 or run.step == end:
-                run.seconds += time.perf_counter() - t0; t0 = time.perf_counter()
-                state = run.state()                              # every process: chapter 07's state() communicates
-                if run.is_main: atomic_save(state, run_dir / "checkpoint.pt")
+            if run.step % cfg.log_every == 0 or run.step == end: _log(run, logs, t0, log, wb, bar)
+            if run.step % cfg.checkpoint_every == 0 or run.step == end: t0 = _checkpoint(run, run_dir, t0)
             bar.update(1)
     bar.close()
-    if ran_out:                   # the checkpoint records that the whole source was read (evaluation has nothing held out)
-        run.seconds += time.perf_counter() - t0; state = run.state()
-        if run.is_main: atomic_save(state, run_dir / "checkpoint.pt")
+    if ran_out: _checkpoint(run, run_dir, t0)    # records that the whole source was read: evaluation has nothing held out
     if (run.step >= run.total_steps or ran_out) and run.is_main: finish(run)
     return run
 
