@@ -149,3 +149,24 @@ def test_bootstrap_interval_matches_numpy_resampling():
     # numpy reference: the same statistic, resampled independently; the intervals agree to Monte-Carlo error
     ref = [np.mean([rng.choice(g.numpy(), len(g)).mean() for g in groups]) for _ in range(4000)]
     assert lo == pytest.approx(np.quantile(ref, 0.025), abs=0.01) and hi == pytest.approx(np.quantile(ref, 0.975), abs=0.01)
+
+
+def test_saebench_recipe_does_not_depend_on_where_the_scale_is_folded():
+    """SAEBench's SAEs have unit-norm decoder rows; ortsae folds the activation scale into them. The same SAE in either form
+    (activations / n, decoder rows x n) gets the same absorption under recipe='saebench' (its L1 ranking is not scale-free)."""
+    from ortsae.metrics import letter_probes, first_letter_absorption
+    g = torch.Generator().manual_seed(0)
+    F = torch.nn.functional.normalize(torch.randn(26, 24, generator=g), dim=1)
+    y = torch.randint(0, 26, (600,), generator=g)
+    x = F[y] * 3 + 0.5 * torch.randn(600, 24, generator=g)                # letters with a direction each, plus noise
+    sae = BatchTopKSAE(24, 96, k=4, seed=1); sae.train(); sae.loss(x); sae.eval()
+    folded = BatchTopKSAE(24, 96, k=4, seed=1).eval()
+    n = 5.0                                                               # the scale folded into the decoder rows
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "b_dec"): getattr(folded, name).copy_(getattr(sae, name))
+        folded.W_enc.div_(n); folded.b_enc.div_(n); folded.W_dec.copy_(sae.W_dec * n); folded.threshold.copy_(sae.threshold / n)
+    data = letter_probes(x, y, 480, min_probe_f1=0.0, min_letters=0, recipe="saebench")
+    a = first_letter_absorption(sae, data, centre=False, recipe="saebench", n_boot=20)
+    b = first_letter_absorption(folded, data, centre=False, recipe="saebench", n_boot=20)
+    assert {l: v["main_latents"] for l, v in a["letters"].items()} == {l: v["main_latents"] for l, v in b["letters"].items()}
+    assert a["mean_absorption"] == pytest.approx(b["mean_absorption"], abs=1e-5)
