@@ -13,7 +13,7 @@ from .metrics import evaluate_run, table1
 from .doctor import doctor
 
 # %% auto #0
-__all__ = ['capture_cmd', 'field_help', 'train_cmd', 'main']
+__all__ = ['COMMANDS', 'capture_cmd', 'field_help', 'train_cmd', 'main']
 
 # %% ../nbs/90_cli.ipynb #8a739774
 def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_post", source: str = "shakespeare",
@@ -135,30 +135,38 @@ def _add_doctor(sub):
     d.add_argument("--batch", type=int, default=None, help="batch for the throughput check (default: 4096 on a GPU, 1024 on CPU)")
     d.add_argument("--out", default=None, help="JSON file to save the report to")
 
-# %% ../nbs/90_cli.ipynb #68de59bf
+# %% ../nbs/90_cli.ipynb #543c5205
+def _capture(args):
+    s = capture_cmd(args.model, args.hook, args.source, args.tokens, args.ctx_len, args.batch, args.out, args.shard_rows)
+    print(f"captured {s['tokens']:,} activations of width {s['d_model']} from {s['model']} at {s['hook']}")
+    print(f"  {s['seconds']} s, {s['tokens_per_s']:,} tokens/s end to end (reading, tokenizing, model); mean norm {s['mean_norm']}, "
+          f"scaling factor {s['scaling_factor']}" + (f"; written to {s['out']}" if s["out"] else ""))
+
+def _train(args):
+    s = train_cmd(args)
+    if os.environ.get("RANK", "0") == "0": _print_summary(s, args.run_dir or f"runs/{args.preset}")
+
+def _doctor(args):
+    rep = doctor(args.device, args.steps, [tuple(s) for s in args.size] if args.size else None, args.batch, args.out)
+    print(f"doctor: every check passed on {rep['info']['name']}" + (f"; report in {args.out}" if args.out else ""))
+
+# %% ../nbs/90_cli.ipynb #9ee41e2d
+def _eval(args):
+    res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps,
+                       args.absorption_words, args.min_probe_f1, args.min_letters, calibrate=args.calibrate)
+    h = res["heldout"]
+    print(f"{res['n_tokens']:,} held-out activations ({h['source']}, after the {h['skipped_chunks']} chunks training read); "
+          f"written to {args.run_dir}/metrics.json, metrics.png")
+    print(table1(res))
+    if res["absorption_error"]: print(f"absorption not computed: {res['absorption_error']}")
+
+COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor}
+
+# %% ../nbs/90_cli.ipynb #20969467
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ortsae` console script."
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "capture":
-            s = capture_cmd(args.model, args.hook, args.source, args.tokens, args.ctx_len, args.batch, args.out, args.shard_rows)
-            print(f"captured {s['tokens']:,} activations of width {s['d_model']} from {s['model']} at {s['hook']}")
-            print(f"  {s['seconds']} s, {s['tokens_per_s']:,} tokens/s end to end (reading, tokenizing, model); mean norm {s['mean_norm']}, "
-                  f"scaling factor {s['scaling_factor']}" + (f"; written to {s['out']}" if s["out"] else ""))
-        elif args.cmd == "train":
-            s = train_cmd(args)
-            if os.environ.get("RANK", "0") == "0": _print_summary(s, args.run_dir or f"runs/{args.preset}")
-        elif args.cmd == "doctor":
-            rep = doctor(args.device, args.steps, [tuple(s) for s in args.size] if args.size else None, args.batch, args.out)
-            print(f"doctor: every check passed on {rep['info']['name']}" + (f"; report in {args.out}" if args.out else ""))
-        elif args.cmd == "eval":
-            res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps,
-                               args.absorption_words, args.min_probe_f1, args.min_letters, calibrate=args.calibrate)
-            h = res["heldout"]
-            print(f"{res['n_tokens']:,} held-out activations ({h['source']}, after the {h['skipped_chunks']} chunks training read); "
-                  f"written to {args.run_dir}/metrics.json, metrics.png")
-            print(table1(res))
-            if res["absorption_error"]: print(f"absorption not computed: {res['absorption_error']}")
+    try: COMMANDS[args.cmd](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"ortsae {args.cmd}: error: {e}", file=sys.stderr)
         return 2

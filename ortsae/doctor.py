@@ -15,7 +15,7 @@ from .metrics import evaluate_run, letter_probes
 
 # %% auto #0
 __all__ = ['device_info', 'doctor_shards', 'doctor_train', 'doctor_eval', 'fast_vs_plain', 'throughput', 'doctor_failures',
-           'doctor']
+           'penalty_shares', 'doctor']
 
 # %% ../nbs/08_doctor.ipynb #ca9d02cf
 def device_info(device: str) -> dict:
@@ -128,29 +128,29 @@ def doctor_failures(rep: dict, k: int = 16) -> list[str]:
         if not (v["loss"] <= tol["loss"] and v["grad"] <= tol["grad"]): bad.append(f"{s}: fast and plain steps differ: {v}")
     return bad
 
-# %% ../nbs/08_doctor.ipynb #9e0eccac
+# %% ../nbs/08_doctor.ipynb #d7bce131
+def penalty_shares(rows: list[dict]) -> list[dict]:
+    "Add to each orthogonal kind's throughput row the penalty's share of its step: 1 - (its base kind's step) / (its step)."
+    base = {(r["kind"], r["d"], r["m"]): r["step_ms"] for r in rows}
+    for r in rows:
+        if "penalty_ms" in r: r["penalty_share"] = round(1 - base[(r["kind"].replace("ort-", "").replace("ortsae", "batchtopk"), r["d"], r["m"])] / r["step_ms"], 3)
+    return rows
+
+# %% ../nbs/08_doctor.ipynb #28b83a5a
 def doctor(device: str = "auto", steps: int = 200, sizes: list[tuple[int, int]] | None = None, batch: int | None = None,
            out: str | Path | None = None, log=print) -> dict:
     "Check the whole GPU path on `device` and measure it; `sizes`: (d, m) pairs for the throughput step."
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    cuda = device.startswith("cuda")
-    sizes = sizes or ([(2304, 16384), (2304, 65536)] if cuda else [(256, 4096)])
-    batch = batch or (4096 if cuda else 1024)
+    sizes, batch = sizes or ([(2304, 16384), (2304, 65536)] if device.startswith("cuda") else [(256, 4096)]), batch or (4096 if device.startswith("cuda") else 1024)
     rep = dict(info=device_info(device)); log(f"device: {rep['info']}")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        shards = doctor_shards(tmp / "acts", device, n_rows=steps * 512 + 20_000)
-        rep["train"] = doctor_train(tmp / "runs", shards, device, steps); log(f"train + resume: {rep['train']}")
-        rep["eval"] = doctor_eval(tmp / "runs" / "straight", device, 64); log(f"eval: {rep['eval']}")
+        shards = doctor_shards(Path(tmp) / "acts", device, n_rows=steps * 512 + 20_000)
+        rep["train"] = doctor_train(Path(tmp) / "runs", shards, device, steps); log(f"train + resume: {rep['train']}")
+        rep["eval"] = doctor_eval(Path(tmp) / "runs" / "straight", device, 64); log(f"eval: {rep['eval']}")
     rep["fast_vs_plain"] = {k: fast_vs_plain(k, device) for k in SAE_KINDS}; log(f"fast vs plain (fp32): {rep['fast_vs_plain']}")
-    if rep["info"]["bf16"]:
-        rep["fast_vs_plain_bf16"] = {k: fast_vs_plain(k, device, amp=True) for k in SAE_KINDS}
-        log(f"fast vs plain (bf16 autocast, for information): {rep['fast_vs_plain_bf16']}")
-    rep["throughput"] = [throughput(k, device, d, m, batch=batch) for d, m in sizes for k in SAE_KINDS]
-    for r in rep["throughput"]:
-        base = next(b for b in rep["throughput"] if (b["kind"], b["d"], b["m"]) == (r["kind"].replace("ort-", "").replace("ortsae", "batchtopk"), r["d"], r["m"]))
-        if "penalty_ms" in r: r["penalty_share"] = round(1 - base["step_ms"] / r["step_ms"], 3)   # of the step, vs its base kind
-        log(f"throughput: {r}")
+    if rep["info"]["bf16"]: rep["fast_vs_plain_bf16"] = {k: fast_vs_plain(k, device, amp=True) for k in SAE_KINDS}
+    rep["throughput"] = penalty_shares([throughput(k, device, d, m, batch=batch) for d, m in sizes for k in SAE_KINDS])
+    for r in rep["throughput"]: log(f"throughput: {r}")
     rep["failures"] = doctor_failures(rep)
     if out: Path(out).write_text(json.dumps(rep, indent=1))
     if rep["failures"]: raise RuntimeError("doctor found problems on " + device + ":\n  " + "\n  ".join(rep["failures"]))

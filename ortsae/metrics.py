@@ -158,8 +158,12 @@ def plot_comparison(results: dict[str, dict], W: dict[str, Tensor] | None = None
     for name, r in results.items():
         ax[0].plot(r["l0"], r["explained_variance"], "o", label=name)
         if r.get("absorption") is not None: ax[3].plot(r["l0"], r["absorption"], "o", label=name)
-        if W is not None: ax[1].hist(max_cosines(W[name]).numpy(), bins=40, range=(-0.1, 1), histtype="step", label=name)
-        if "clustering" in r: ax[2].plot([c[1] for c in r["clustering"]], [c[0] for c in r["clustering"]], "o-", label=name)
+        if W is not None: ax[1].hist(max_cosines(W[name]).cpu().numpy(), bins=40, range=(-0.1, 1), histtype="step", label=name)
+        pts = [c for c in r.get("clustering", []) if c[1] > 0]          # a graph with no edges has no place on a log axis
+        if pts: ax[2].plot([c[1] for c in pts], [c[0] for c in pts], "o-", label=name)
+    ev = [r["explained_variance"] for r in results.values()]            # at least 0.1 of EV on the axis: small gaps look small
+    pad = max(0.05, max(ev) - min(ev)); ax[0].set_ylim(min(ev) - pad, min(1.0, max(ev) + pad))
+    if not ax[3].lines: ax[3].text(0.5, 0.5, "absorption not computed\nfor these SAEs", ha="center", va="center", transform=ax[3].transAxes)
     ax[0].set(xlabel="L0", ylabel="explained variance", title="reconstruction vs sparsity")
     ax[1].set(xlabel="max cosine to another latent", ylabel="latents", title="MeanCosSim, per latent")
     ax[2].set(xlabel="edge density", ylabel="clustering coefficient", xscale="log", title="clustering (10 thresholds)")

@@ -83,6 +83,7 @@ def smallest_positive(v: Tensor) -> Tensor:
     "The smallest positive entry of `v` (inf when there is none), without leaving the device."
     return torch.where(v > 0, v, torch.inf).min() if v.numel() else torch.tensor(torch.inf, device=v.device)
 
+# %% ../nbs/01_sae.ipynb #4b088282
 @patch
 def _sparsify(self: BatchTopKSAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     "Pre-activations, the latents dead *before* this batch (for AuxK), and the sparse activations."
@@ -217,6 +218,7 @@ def sort_indices(i: Tensor, values: bool = True) -> Tensor:
     s = i.double().sort() if i.device.type == "cpu" else i.sort()
     return s.values.long() if values else s.indices
 
+# %% ../nbs/01_sae.ipynb #28d238b3
 def exact_batch_topk(pre: Tensor, k: int, factor: int = 2) -> Tensor:
     "Sorted flat indices of the `B*k` largest entries of `pre` `(B, m)` (those `batch_topk` keeps), without a global sort."
     B, m = pre.shape; n, flat = B * k, pre.flatten()
@@ -325,6 +327,7 @@ def fast_loss(self: BatchTopKSAE, x: Tensor) -> dict[str, Tensor]:
     return dict(loss=mse + self.aux_coef * aux, mse=mse, aux=aux, l0=(vals > 0).sum().float().detach() / len(x),
                 ev=explained_variance(x, x_hat).detach())
 
+# %% ../nbs/01_sae.ipynb #d6a70178
 @patch
 def fast_loss(self: MatryoshkaSAE, x: Tensor) -> dict[str, Tensor]:
     "The Matryoshka `loss`, sparsely: one sparse product gives every (row, group) partial sum."
