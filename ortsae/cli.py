@@ -78,7 +78,7 @@ def _add_train(sub):
     for f in dataclasses.fields(TrainConfig):
         list_field = "list" in str(f.type)
         t.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, type=_value, nargs="+" if list_field else None,
-                       default=None, help=f"{helps.get(f.name, 'config field')} ({f.type}; paper default {_default(f)})")
+                       default=None, help=f"{helps.get(f.name, 'config field')} ({f.type}; default {_default(f)})")
 
 # %% ../nbs/90_cli.ipynb #598d1b63
 def train_cmd(args) -> dict:
@@ -119,6 +119,7 @@ def _add_eval(sub):
     e.add_argument("--absorption-words", type=int, default=10_000, help="words for first-letter absorption (0: skip)")
     e.add_argument("--min-probe-f1", type=float, default=0.6, help="letters count when their probe's test F1 exceeds this")
     e.add_argument("--min-letters", type=int, default=20, help="fewest letters that must pass for absorption")
+    e.add_argument("--device", default="auto", help="where to evaluate (auto: cuda when available, else cpu)")
     e.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep each SAE's trained inference threshold instead of calibrating it to L0 = k on held-out tokens")
 
@@ -153,7 +154,8 @@ def _doctor(args):
 # %% ../nbs/90_cli.ipynb #9ee41e2d
 def _eval(args):
     res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps,
-                       args.absorption_words, args.min_probe_f1, args.min_letters, calibrate=args.calibrate)
+                       args.absorption_words, args.min_probe_f1, args.min_letters, calibrate=args.calibrate,
+                       device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     h = res["heldout"]
     print(f"{res['n_tokens']:,} held-out activations ({h['source']}, after the {h['skipped_chunks']} chunks training read); "
           f"written to {args.run_dir}/metrics.json, metrics.png")

@@ -123,13 +123,13 @@ def compare_with_single(world: int = 2, steps: int = 4, shape: tuple = (16, 128,
     return out
 
 # %% ../nbs/07_distributed.ipynb #cd718df1
-def rank_stream(cfg, device: str, skip: int, rank: int, world: int):
+def rank_stream(cfg, device: str, skip: int, rank: int, world: int, dtype: torch.dtype | None = None):
     "This rank's activation chunks: chunks `skip + rank`, `skip + rank + world`, ... of the run's stream; and `d_in`."
     if cfg.source.startswith("shards:"):
         chunks = islice(read_shards(cfg.source[len("shards:"):]), skip + rank, None, world)
         first = next(chunks)
         return (c for part in ([first], chunks) for c in part), first.shape[1]
-    model = load_model_for_hook(cfg.model, cfg.hook, device, model_dtype(cfg, device))
+    model = load_model_for_hook(cfg.model, cfg.hook, device, dtype or model_dtype(cfg, device))
     batches = islice(token_batches(model, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), rank, None, world)
     return (capture(model, t.to(device), cfg.hook) for t in batches), model.cfg.d_model
 
@@ -148,7 +148,8 @@ def _dist_setup(self: DistributedRun, skip: int = 0, scale: float | bool = True)
     "This rank's stream and buffer (scale agreed with rank 0), then data-parallel SAEs."
     c = self.cfg
     self.check()
-    source, d_in = rank_stream(c, self.device, skip, self.rank, self.world)
+    self.lm_dtype = self.lm_dtype or str(model_dtype(c, self.device)).removeprefix("torch.")   # as `Run.setup`
+    source, d_in = rank_stream(c, self.device, skip, self.rank, self.world, getattr(torch, self.lm_dtype))
     check_memory(c, d_in, self.device)
     self.buffer = AgreedBuffer(scaled_buffer(source, c.batch_size, c.buffer_size, c.seed + self.rank, scale, c.n_scale, self.device))
     s = torch.tensor([self.buffer.scale], dtype=torch.float64, device=self.device); dist.broadcast(s, 0)

@@ -63,7 +63,7 @@ def _ce(logits: Tensor, tokens: Tensor) -> float:
 
 def _kl(logp0: Tensor, logits: Tensor) -> float:
     logp0 = logp0.to(logits.device)                  # kept on the CPU between uses: (batch, ctx, vocab) fp32 is large
-    return (logp0.exp() * (logp0 - logits.log_softmax(-1).float())).sum(-1).mean().item()
+    return (logp0.exp() * (logp0 - logits.float().log_softmax(-1))).sum(-1).mean().item()
 
 def _run_spliced(model, tokens, hook, fn, keep_ids):
     keep = torch.isin(tokens, torch.tensor(keep_ids or [], device=tokens.device, dtype=tokens.dtype))
@@ -74,7 +74,7 @@ def _run_spliced(model, tokens, hook, fn, keep_ids):
 def ce_kl_baseline(model, tokens: Tensor, hook: str, keep_ids: list[int] | None = None) -> dict:
     "Clean log-probs, clean CE, and CE and KL under zero ablation at `hook`, for `tokens` `(B, T)`."
     clean, zero = model(tokens), _run_spliced(model, tokens, hook, torch.zeros_like, keep_ids)
-    logp0 = clean.log_softmax(-1).float()
+    logp0 = clean.float().log_softmax(-1)
     return dict(tokens=tokens, hook=hook, keep_ids=keep_ids, logp0=logp0.cpu(), ce_clean=_ce(clean, tokens),
                 ce_zero=_ce(zero, tokens), kl_zero=_kl(logp0, zero))
 
@@ -364,31 +364,31 @@ def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e
                 mean_split_features=sum(len(v["main_latents"]) - 1 for v in per.values()) / len(per))
 
 # %% ../nbs/04_metrics.ipynb #3ba598ce
-def _train_position(run_dir: Path) -> tuple[int, bool]:
-    "How many chunks of the activation stream training read, and whether it read the source to its end (last checkpoint)."
+def _train_position(run_dir: Path) -> tuple[int, bool, str]:
+    "How many chunks of the activation stream training read, whether it read the source to its end, and the model's dtype (last checkpoint)."
     from ortsae.train import TrainConfig, load_checkpoint
     if not (run_dir / "checkpoint.pt").exists():
         raise FileNotFoundError(f"{run_dir}/checkpoint.pt is missing: evaluation can't tell held-out tokens from training "
                                 f"tokens without it. Train the run to the end with ortsae (the last checkpoint is kept).")
-    buf = load_checkpoint(run_dir / "checkpoint.pt", TrainConfig.load(run_dir / "config.json"))["buffer"]
-    return buf["n_chunks"], buf.get("exhausted", False)
+    state = load_checkpoint(run_dir / "checkpoint.pt", TrainConfig.load(run_dir / "config.json"))
+    return state["buffer"]["n_chunks"], state["buffer"].get("exhausted", False), state.get("model_dtype", "float32")
 
 # %% ../nbs/04_metrics.ipynb #421ff14f
 def _heldout(cfg, run_dir: Path, n_tokens: int, device: str):
     "Held-out activations (the stream after what training read), the full model (None for cached activations), and where from."
     from ortsae.activations import read_shards, load_model, hook_layer, activation_stream
-    (skip, exhausted), model, parts, n = _train_position(run_dir), None, [], 0
+    (skip, exhausted, dtype), model, parts, n = _train_position(run_dir), None, [], 0
     if cfg.source.startswith("shards:"):
         stream = read_shards(cfg.source[len("shards:"):])
         for _ in range(skip): next(stream, None)
     else:
-        from ortsae.train import model_dtype                           # the dtype training used: the same activations
-        model = load_model(cfg.model, device=device, dtype=model_dtype(cfg, device)); hook_layer(model, cfg.hook)   # whole: CE/KL
+        model = load_model(cfg.model, device=device, dtype=getattr(torch, dtype))   # training's dtype, whole model (CE/KL)
+        hook_layer(model, cfg.hook)
         stream = activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip)
     while not exhausted and n < n_tokens and (c := next(stream, None)) is not None: parts.append(c); n += len(c)
     if not parts: raise ValueError(f"No held-out activations: training read all {skip} chunks of {cfg.source}. Cache more "
                                    f"activations than training uses (or evaluate on a longer corpus).")
-    info = dict(source=cfg.source, skipped_chunks=skip, chunks=len(parts), tokens=min(n, n_tokens))
+    info = dict(source=cfg.source, skipped_chunks=skip, chunks=len(parts), tokens=min(n, n_tokens), model_dtype=dtype)
     return torch.cat(parts)[:n_tokens], model, info
 
 # %% ../nbs/04_metrics.ipynb #9480b2c7
@@ -435,6 +435,7 @@ def _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters
     from ortsae.activations import load_model_for_hook
     from ortsae.train import model_dtype
     lm = model if model is not None else load_model_for_hook(cfg.model, cfg.hook, device, model_dtype(cfg, device))   # load once
+    # (cached activations: their capture's dtype is not recorded; the device's default is used)
     try: return letter_data(lm, cfg.hook, absorption_words, min_probe_f1, min_letters), None
     except ValueError as e: return None, str(e)
 

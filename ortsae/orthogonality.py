@@ -45,7 +45,8 @@ def check_chunk_size(m: int, chunk_size: int) -> int:
 def random_partition(m: int, chunk_size: int, generator: torch.Generator | None = None, device="cpu") -> list[Tensor]:
     "A fresh random partition of `range(m)` into `ceil(m / chunk_size)` nearly equal chunks (drawn on the generator's device, moved to `device` in one copy)."
     perm = torch.randperm(m, generator=generator, device=generator.device if generator is not None else "cpu")
-    return list(perm.to(device, non_blocking=True).tensor_split(check_chunk_size(m, chunk_size)))
+    perm = perm.to(device, non_blocking=torch.device(device).type == "cuda")   # async only towards a GPU (safe from pageable memory)
+    return list(perm.tensor_split(check_chunk_size(m, chunk_size)))
 
 # %% ../nbs/02_orthogonality.ipynb #947d4eff
 def chunked_penalty_autograd(W: Tensor, chunks: list[Tensor], delta: float = DELTA, **variant) -> Tensor:

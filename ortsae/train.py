@@ -142,20 +142,23 @@ def build_sae(kind: str, cfg: TrainConfig, d_in: int):
 
 # %% ../nbs/03_training.ipynb #02df5119
 # Transient bytes of one SAE's training step per (batch row x latent), on top of its weights, gradients and Adam state:
-# peak memory measured by `ortsae doctor` (chapter 08) on an H200, d 2304, m 65,536, batch 4,096, bf16 autocast.
-STEP_BYTES = {"batchtopk": 11, "matryoshka": 35, "ortsae": 48, "ort-matryoshka": 67}
+# peak memory measured by `ortsae doctor` (chapter 08) on an H200, d 2304, m 16,384 and 65,536, batch 4,096, bf16
+# autocast (the larger of the two sizes' figures, rounded up).
+STEP_BYTES = {"batchtopk": 9, "matryoshka": 17, "ortsae": 10, "ort-matryoshka": 17}
 
-def memory_needed(cfg: TrainConfig, d_in: int, model_bytes: int = 0) -> int:
+def memory_needed(cfg: TrainConfig, d_in: int, model_bytes: int = 0, amp: bool = True) -> int:
     "Peak bytes of training `cfg`: the model (`model_bytes`), the buffer, every SAE's fp32 weights with gradients and Adam state, the largest step."
     persistent = 16 * (2 * d_in * cfg.d_sae + cfg.d_sae + d_in)            # weights, gradients, Adam m and v (fp32)
     step = max(STEP_BYTES[k.partition("-seed")[0]] for k in cfg.saes) * cfg.batch_size * cfg.d_sae   # SAEs step one at a time
-    return model_bytes + 2 * cfg.buffer_size * d_in * 4 + len(cfg.saes) * persistent + step   # buffer: store + reshuffle
+    step = step * (1 if amp else 2) + 2 * 2 * d_in * cfg.d_sae              # fp32 without bf16 autocast; autocast's weight copies
+    return model_bytes + 4 * cfg.buffer_size * d_in * 4 + len(cfg.saes) * persistent + step   # buffer refill: old, new, joined, shuffled
 
 def check_memory(cfg: TrainConfig, d_in: int, device: str):
     "Refuse (before allocating the SAEs) a config whose training would not fit in what the device has free (the model is already loaded)."
     if device.startswith("cuda"): free = torch.cuda.mem_get_info(device)[0]
     else: free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    need = memory_needed(cfg, d_in)
+    amp = cfg.autocast and device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    need = memory_needed(cfg, d_in, amp=amp)
     if need > 0.9 * free:
         raise ValueError(f"This run needs about {need / 2**30:.1f} GiB but {device} has {free / 2**30:.1f} GiB free: "
                          f"reduce batch_size ({cfg.batch_size}), d_sae ({cfg.d_sae}) or the number of SAEs.")
@@ -174,15 +177,15 @@ def model_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
     if cfg.model_dtype != "auto": return getattr(torch, cfg.model_dtype)
     return torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
 
-def activation_source(cfg: TrainConfig, device: str, skip: int = 0):
-    "An iterator of activation chunks for `cfg`, fast-forwarded by `skip` chunks, and its width `d_in`."
+def activation_source(cfg: TrainConfig, device: str, skip: int = 0, dtype: torch.dtype | None = None):
+    "An iterator of activation chunks for `cfg`, fast-forwarded by `skip` chunks, and its width `d_in` (`dtype`: the model's)."
     if cfg.source.startswith("shards:"):
         chunks = read_shards(cfg.source[len("shards:"):])    # raises if the cache has no meta.json
         first = next(chunks)
         chunks = (c for part in ([first], chunks) for c in part)
         for _ in range(skip): next(chunks, None)
         return chunks, first.shape[1]
-    model = load_model_for_hook(cfg.model, cfg.hook, device, model_dtype(cfg, device))
+    model = load_model_for_hook(cfg.model, cfg.hook, device, dtype or model_dtype(cfg, device))
     return activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), model.cfg.d_model
 
 # %% ../nbs/03_training.ipynb #66cd2d6a
@@ -195,12 +198,14 @@ def atomic_save(obj, path: Path):
 # %% ../nbs/03_training.ipynb #98f3b7e1
 class StepTimer:
     "Seconds spent per key: wall clock on CPU; CUDA events on a GPU, read only at `flush` (no wait inside the step)."
-    def __init__(self, seconds: dict, device: str): self.seconds, self.cuda, self.pending = seconds, str(device).startswith("cuda"), []
+    def __init__(self, seconds: dict, device: str):
+        self.seconds, self.device, self.cuda, self.pending = seconds, device, str(device).startswith("cuda"), []
     def start(self):
         if not self.cuda: return time.perf_counter()
-        e = torch.cuda.Event(enable_timing=True); e.record(); return e
+        e = torch.cuda.Event(enable_timing=True); e.record(torch.cuda.current_stream(self.device)); return e
     def stop(self, key: str, t):
-        if self.cuda: e = torch.cuda.Event(enable_timing=True); e.record(); self.pending.append((key, t, e))
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True); e.record(torch.cuda.current_stream(self.device)); self.pending.append((key, t, e))
         else: self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
     def flush(self) -> dict:
         for key, a, b in self.pending: b.synchronize(); self.seconds[key] = self.seconds.get(key, 0.0) + a.elapsed_time(b) / 1000
@@ -217,6 +222,7 @@ class Run:
         self.step, self.tokens, self.seconds, self.saes, self.opts, self.scheds, self.buffer = 0, 0, 0.0, {}, {}, {}, None
         self.sae_seconds: dict[str, float] = {}   # time spent in each SAE's steps (the model's forward is shared)
         self.timer = StepTimer(self.sae_seconds, self.device)
+        self.lm_dtype: str | None = None          # the language model's dtype, resolved once (`setup`) and checkpointed
 
 # %% ../nbs/03_training.ipynb #0d122b59
 def _check(self: Run):
@@ -247,7 +253,8 @@ def _setup(self: Run, skip: int = 0, scale: float | bool = True):
     "The activation source and buffer of the config, then the SAEs."
     c = self.cfg
     self.check()
-    source, d_in = activation_source(c, self.device, skip)
+    self.lm_dtype = self.lm_dtype or str(model_dtype(c, self.device)).removeprefix("torch.")   # fixed for the run's life
+    source, d_in = activation_source(c, self.device, skip, getattr(torch, self.lm_dtype))
     check_memory(c, d_in, self.device)
     self.buffer = scaled_buffer(source, c.batch_size, c.buffer_size, c.seed, scale, c.n_scale, self.device)
     return self.build(d_in)
@@ -262,7 +269,7 @@ def _state(self: Run) -> dict:
             "opts": {k: o.state_dict() for k, o in self.opts.items()},
             "scheds": {k: s.state_dict() for k, s in self.scheds.items()},
             "buffer": self.buffer.state_dict(), "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            "sae_seconds": self.sae_seconds}
+            "sae_seconds": self.sae_seconds, "model_dtype": self.lm_dtype}
 Run.state = _state
 
 # %% ../nbs/03_training.ipynb #0d57ebd7
@@ -283,6 +290,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
 # %% ../nbs/03_training.ipynb #fb85640e
 def _restore(self: Run, state: dict):
     "Continue from `state`: rebuild the source skipped to the buffer's position, then load every piece."
+    self.lm_dtype = state.get("model_dtype", "float32")   # the dtype the run started with (older checkpoints: fp32)
     self.setup(skip=state["buffer"]["n_chunks"], scale=state["buffer"]["scale"])
     self.buffer.load_state_dict(state["buffer"])
     return self.load_state(state)

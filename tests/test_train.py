@@ -170,3 +170,16 @@ def test_resume_with_stop_before_checkpoint_does_nothing(shards, tmp_path):
 def test_corpus_running_out_still_finishes(shards, tmp_path):
     run = train(_cfg(shards, total_tokens=10**7), tmp_path / "r", progress=False)
     assert run.step < run.total_steps and (tmp_path / "r" / "summary.json").exists()
+
+
+def test_model_dtype_is_fixed_at_the_start_and_checkpointed(shards, tmp_path):
+    "The language model's dtype is resolved once, saved in the checkpoint and kept on resume (evaluation reads it there)."
+    cfg = _cfg(shards)
+    run = train(cfg, tmp_path / "r", stop_at=10, progress=False)
+    assert run.lm_dtype == "float32" and load_checkpoint(tmp_path / "r" / "checkpoint.pt", cfg)["model_dtype"] == "float32"
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt", cfg); state["model_dtype"] = "bfloat16"
+    torch.save(state, tmp_path / "r" / "checkpoint.pt")           # as if it had started on a bf16 GPU
+    resumed = train(cfg, tmp_path / "r", resume=True, stop_at=12, progress=False)
+    assert resumed.lm_dtype == "bfloat16"
+    from ortsae.metrics import _train_position
+    assert _train_position(tmp_path / "r")[2] == "bfloat16"
