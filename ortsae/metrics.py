@@ -14,7 +14,7 @@ from .orthogonality import cosine_matrix
 # %% auto #0
 __all__ = ['THRESHOLDS', 'core_metrics', 'plot_density', 'ce_kl_baseline', 'ce_kl_scores', 'max_cosines', 'mean_cos_sim',
            'clustering_coefficient', 'composition_rate', 'unique_fraction', 'plot_comparison', 'absorption_scores',
-           'letter_words', 'icl_prompt', 'letter_activations', 'fit_logistic', 'train_probe', 'f1_scores', 'adam_probe',
+           'letter_words', 'icl_prompt', 'letter_activations', 'fit_logistic', 'f1_scores', 'train_probe', 'adam_probe',
            'rank_latents', 'main_latents', 'letter_probes', 'letter_data', 'bootstrap_ci', 'first_letter_absorption',
            'calibrate_threshold', 'save_threshold', 'geometry_metrics', 'random_decoder', 'evaluate_run', 'table1']
 
@@ -239,7 +239,14 @@ def fit_logistic(x: Tensor, y: Tensor, C: float = 0.1, max_iter: int = 2000) -> 
     w = torch.zeros(x.shape[1], dtype=torch.float64, device="cpu"); w[torch.from_numpy(live)] = torch.from_numpy(clf.coef_[0])
     return w.to(x.device, x.dtype), float(clf.intercept_[0] - (clf.coef_[0] * mu[live]).sum())
 
-# %% ../nbs/04_metrics.ipynb #b5212c1c
+# %% ../nbs/04_metrics.ipynb #758a203e
+def f1_scores(pred: Tensor, y: Tensor, n_classes: int = 26) -> Tensor:
+    "Per-class F1 of one-vs-rest predictions `pred` (bool, `(N, n_classes)`) against labels `y`."
+    Y = torch.nn.functional.one_hot(y, n_classes).bool()
+    tp, fp, fn = (pred & Y).sum(0).float(), (pred & ~Y).sum(0).float(), (~pred & Y).sum(0).float()
+    return 2 * tp / (2 * tp + fp + fn).clamp_min(1)
+
+# %% ../nbs/04_metrics.ipynb #30f207a9
 def train_probe(x: Tensor, y: Tensor, n_classes: int = 26, C: float = 0.1, recipe: str = "ortsae", seed: int = 0) -> torch.nn.Linear:
     "One-vs-rest probe `x -> n_classes`: a balanced logistic regression per class (`recipe='saebench'`: SAEBench's Adam probe)."
     if recipe == "saebench": return adam_probe(x, y, n_classes, seed=seed)
@@ -251,12 +258,6 @@ def train_probe(x: Tensor, y: Tensor, n_classes: int = 26, C: float = 0.1, recip
             w, b = fit_logistic(x, yc, C); probe.weight[c], probe.bias[c] = w.float(), b
         else: probe.weight[c], probe.bias[c] = 0.0, (1.0 if yc.all() else -1.0)
     return probe
-
-def f1_scores(pred: Tensor, y: Tensor, n_classes: int = 26) -> Tensor:
-    "Per-class F1 of one-vs-rest predictions `pred` (bool, `(N, n_classes)`) against labels `y`."
-    Y = torch.nn.functional.one_hot(y, n_classes).bool()
-    tp, fp, fn = (pred & Y).sum(0).float(), (pred & ~Y).sum(0).float(), (~pred & Y).sum(0).float()
-    return 2 * tp / (2 * tp + fp + fn).clamp_min(1)
 
 # %% ../nbs/04_metrics.ipynb #ca6cb917
 def adam_probe(x: Tensor, y: Tensor, n_classes: int = 26, epochs: int = 50, batch_size: int = 64, lr: float = 1e-2,
@@ -305,7 +306,7 @@ def main_latents(f_train: Tensor, y_train: Tensor, f_test: Tensor, y_test: Tenso
         best, chosen = f1s[-1], idx
     return chosen, f1s
 
-# %% ../nbs/04_metrics.ipynb #7328f1a0
+# %% ../nbs/04_metrics.ipynb #5f5b0d17
 def letter_probes(x: Tensor, y: Tensor, split: int, min_probe_f1: float = 0.6, min_letters: int = 20, C: float = 0.1,
                   where: str = "this layer", recipe: str = "ortsae", seed: int = 0) -> dict:
     "Ground-truth letter probes on rows `[:split]` of `x`, their test F1 on the rest, and the letters that pass."
@@ -318,6 +319,7 @@ def letter_probes(x: Tensor, y: Tensor, split: int, min_probe_f1: float = 0.6, m
                          f"the model spells too poorly at {where}. Lower min_probe_f1/min_letters, use more words, or a larger model.")
     return dict(x=x, y=y, split=split, probe=probe, probe_f1=f1, letters=letters)
 
+# %% ../nbs/04_metrics.ipynb #a0a24627
 def letter_data(model, hook: str, n_words: int | None = 3000, min_probe_f1: float = 0.6, min_letters: int = 20, seed: int = 0) -> dict:
     "Words, activations, 80/20 split and ground-truth letter probes for `model` at `hook`."
     words = letter_words(model.tokenizer, n_words, seed=seed)
