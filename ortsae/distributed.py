@@ -148,8 +148,7 @@ def _dist_setup(self: DistributedRun, skip: int = 0, scale: float | bool = True)
     "This rank's stream and buffer (scale agreed with rank 0), then data-parallel SAEs."
     c = self.cfg
     self.check()
-    self.lm_dtype = self.lm_dtype or str(model_dtype(c, self.device)).removeprefix("torch.")   # as `Run.setup`
-    source, d_in = rank_stream(c, self.device, skip, self.rank, self.world, getattr(torch, self.lm_dtype))
+    source, d_in = rank_stream(c, self.device, skip, self.rank, self.world, self.fix_lm_dtype())
     check_memory(c, d_in, self.device)
     self.buffer = AgreedBuffer(scaled_buffer(source, c.batch_size, c.buffer_size, c.seed + self.rank, scale, c.n_scale, self.device))
     s = torch.tensor([self.buffer.scale], dtype=torch.float64, device=self.device); dist.broadcast(s, 0)

@@ -249,12 +249,17 @@ def _build(self: Run, d_in: int):
 Run.build = _build
 
 # %% ../nbs/03_training.ipynb #426f2131
+def _fix_lm_dtype(self: Run) -> torch.dtype:
+    "The language model's dtype for this run: resolved once (`model_dtype`), then fixed for the run's life (and checkpointed)."
+    self.lm_dtype = self.lm_dtype or str(model_dtype(self.cfg, self.device)).removeprefix("torch.")
+    return getattr(torch, self.lm_dtype)
+Run.fix_lm_dtype = _fix_lm_dtype
+
 def _setup(self: Run, skip: int = 0, scale: float | bool = True):
     "The activation source and buffer of the config, then the SAEs."
     c = self.cfg
     self.check()
-    self.lm_dtype = self.lm_dtype or str(model_dtype(c, self.device)).removeprefix("torch.")   # fixed for the run's life
-    source, d_in = activation_source(c, self.device, skip, getattr(torch, self.lm_dtype))
+    source, d_in = activation_source(c, self.device, skip, self.fix_lm_dtype())
     check_memory(c, d_in, self.device)
     self.buffer = scaled_buffer(source, c.batch_size, c.buffer_size, c.seed, scale, c.n_scale, self.device)
     return self.build(d_in)

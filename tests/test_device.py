@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ortsae.sae import BatchTopKSAE, MatryoshkaSAE, Pattern, exact_batch_topk
 from ortsae.orthogonality import OrtSAE, OrtMatryoshkaSAE
 from ortsae import metrics as M
-from ortsae.activations import write_shards, load_model, tiny_model, ActivationBuffer
+from ortsae.activations import load_model, tiny_model, ActivationBuffer
 from ortsae.train import make_config, train, load_checkpoint, read_logs
 
 KINDS = [BatchTopKSAE, MatryoshkaSAE, OrtSAE, OrtMatryoshkaSAE]
@@ -72,15 +72,8 @@ def test_metrics_follow_the_data_device():
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("acts")
-    g = torch.Generator().manual_seed(0)
-    F = torch.nn.functional.normalize(torch.randn(100, 24, generator=g), dim=1)
-    def chunks():
-        for _ in range(20):
-            idx = torch.rand(500, 100, generator=g).topk(3, dim=1).indices
-            yield torch.zeros(500, 100).scatter(1, idx, torch.rand(500, 3, generator=g) + 0.5) @ F * 3
-    return write_shards(chunks(), d, shard_rows=2500)
+def shards(tmp_path_factory, make_shards):
+    return make_shards(tmp_path_factory.mktemp("acts"), n_dirs=100, d=24, n_chunks=20, rows=500, active=3, shard_rows=2500)
 
 
 def _cfg(shards, **kw):

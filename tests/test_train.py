@@ -4,22 +4,13 @@ from pathlib import Path
 import pytest, torch
 
 CLI = [sys.executable, "-c", "import sys; from ortsae.cli import main; sys.exit(main())"]
-from ortsae.activations import write_shards
 from ortsae.train import TrainConfig, make_config, train, memory_needed, load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def shards(tmp_path_factory, make_shards):
     "Cached activations with some structure (sparse sums of 200 directions in 48 dims)."
-    d = tmp_path_factory.mktemp("acts")
-    g = torch.Generator().manual_seed(0)
-    F = torch.nn.functional.normalize(torch.randn(200, 48, generator=g), dim=1)
-    def chunks():
-        for i in range(40):
-            idx = torch.rand(1000, 200, generator=g).topk(4, dim=1).indices
-            yield torch.zeros(1000, 200).scatter(1, idx, torch.rand(1000, 4, generator=g) + 0.5) @ F * 3
-    write_shards(chunks(), d, shard_rows=5000)
-    return d
+    return make_shards(tmp_path_factory.mktemp("acts"), n_dirs=200, d=48, n_chunks=40, rows=1000, active=4, shard_rows=5000)
 
 
 def _cfg(shards, **kw):
