@@ -11,6 +11,8 @@ from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, 
 from .train import TrainConfig, PRESETS, make_config, train
 from .metrics import evaluate_run, table1
 from .doctor import doctor
+from .reproduce import (CONFIGS, reproduce, run_plan, timing_run, unique_features, claims, claims_markdown,
+                               table1_seeds)
 
 # %% auto #0
 __all__ = ['COMMANDS', 'capture_cmd', 'field_help', 'train_cmd', 'main']
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_doctor(sub)
+    _add_reproduce(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #f82b7ca9
@@ -59,7 +62,7 @@ def _value(s: str):
 def field_help() -> dict[str, str]:
     "Each `TrainConfig` field's comment in its source: the `--help` text of its flag."
     import inspect, re
-    src = inspect.getsource(TrainConfig)
+    src = "".join(inspect.getsource(c) for c in TrainConfig.__mro__ if dataclasses.is_dataclass(c))   # its parts
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^=\n]+=[^#\n]*#\s*(.*)$", src, re.M)}
 
 def _default(f) -> str:
@@ -90,7 +93,7 @@ def train_cmd(args) -> dict:
     cfg = TrainConfig.from_dict(fields)
     run_dir = args.run_dir or f"runs/{args.preset}"
     run_cls = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:             # under torchrun: one data-parallel rank (chapter 07)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:             # under torchrun: one data-parallel rank (chapter 10)
         from ortsae.distributed import DistributedRun
         run_cls = DistributedRun
     run = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at, run_cls=run_cls)
@@ -136,6 +139,15 @@ def _add_doctor(sub):
     d.add_argument("--batch", type=int, default=None, help="batch for the throughput check (default: 4096 on a GPU, 1024 on CPU)")
     d.add_argument("--out", default=None, help="JSON file to save the report to")
 
+# %% ../nbs/90_cli.ipynb #673ed349
+def _add_reproduce(sub):
+    r = sub.add_parser("reproduce", help="the paper's comparison over several seeds, with paired intervals and verdicts (chapter 12)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("config", choices=sorted(CONFIGS), help="cpu: offline, about an hour on 2 cores; gpu: a few GPU hours; paper; smoke: a minute")
+    r.add_argument("--root", default=None, help="folder of the runs (default: runs/repro-<config>)")
+    r.add_argument("--only", nargs="+", default=None, help="train and evaluate only these runs (e.g. k32-seed0): split the runs across processes")
+    r.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
+
 # %% ../nbs/90_cli.ipynb #543c5205
 def _capture(args):
     s = capture_cmd(args.model, args.hook, args.source, args.tokens, args.ctx_len, args.batch, args.out, args.shard_rows)
@@ -162,7 +174,18 @@ def _eval(args):
     print(table1(res))
     if res["absorption_error"]: print(f"absorption not computed: {res['absorption_error']}")
 
-COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor}
+def _reproduce(args):
+    c, root = CONFIGS[args.config], Path(args.root or f"runs/repro-{args.config}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    reproduce(c, root, device, dtype, only=args.only)
+    done = [n for n in run_plan(c) if (root / n / "metrics.json").exists()]
+    if len(done) < len(run_plan(c)): print(f"{len(done)} of {len(run_plan(c))} runs done; the claims need all of them"); return
+    res, t = reproduce(c, root, device, dtype), timing_run(c, root, device=device, dtype=dtype)
+    print(table1_seeds(res, c)); print(claims_markdown(claims(res, unique_features(c, root), c), res, c))
+    print(f"OrtSAE step / BatchTopK step with the penalty every 5th step: {t['ortsae'] / t['batchtopk']:.2f}")
+
+COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor, "reproduce": _reproduce}
 
 # %% ../nbs/90_cli.ipynb #20969467
 def main(argv: list[str] | None = None) -> int:

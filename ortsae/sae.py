@@ -9,17 +9,14 @@ from pathlib import Path
 import torch
 from torch import nn, Tensor
 from fastcore.basics import patch
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")   # the fast step uses CSR products
 
 # %% auto #0
 __all__ = ['SAE_CLASSES', 'BatchTopKSAE', 'check_sizes', 'check_input', 'batch_topk', 'smallest_positive', 'geometric_median',
-           'explained_variance', 'MatryoshkaSAE', 'default_groups', 'sort_indices', 'exact_batch_topk', 'Pattern',
-           'SelectedPre', 'SparseDecode', 'load_sae']
+           'explained_variance', 'MatryoshkaSAE', 'default_groups', 'load_sae']
 
 # %% ../nbs/01_sae.ipynb #3ff62181
 class BatchTopKSAE(nn.Module):
     "BatchTopK SAE: top `B*k` pre-activations of a batch in training, a learned threshold at inference."
-    fast = False   # train with the sparse step of section "A fast exact training step" (switched on there)
     def __init__(self, d_in: int, d_sae: int, k: int = 70,
                  k_aux: int = 512, aux_coef: float = 1 / 32, # AuxK: latents per token, loss weight
                  dead_after: int = 5 * 2048, # tokens without firing before a latent counts as dead
@@ -170,7 +167,6 @@ def explained_variance(x: Tensor, x_hat: Tensor) -> Tensor:
 @patch
 def loss(self: BatchTopKSAE, x: Tensor) -> dict[str, Tensor]:
     "Named loss terms for a batch: `loss` = `mse` + `aux_coef` * `aux`, plus detached `l0` and `ev`."
-    if self.training and self.fast: return self.fast_loss(x)
     pre, dead, acts = self._sparsify(x)
     x_hat = self.decode(acts)
     mse = (x_hat - x).pow(2).mean()
@@ -204,145 +200,12 @@ def prefix_reconstructions(self: MatryoshkaSAE, acts: Tensor) -> Tensor:
 @patch
 def loss(self: MatryoshkaSAE, x: Tensor) -> dict[str, Tensor]:
     "Named loss terms: `mse` is the mean of the prefixes' MSEs (`mse_full`: the whole dictionary's)."
-    if self.training and self.fast: return self.fast_loss(x)
     pre, dead, acts = self._sparsify(x)
     recons = self.prefix_reconstructions(acts)
     mses = (recons - x).pow(2).mean((1, 2))
     aux = self.aux_loss(x, recons[-1], pre, dead) if self.training else x.new_zeros(())
     return dict(loss=mses.mean() + self.aux_coef * aux, mse=mses.mean(), mse_full=mses[-1], aux=aux,
                 l0=(acts > 0).sum(1).float().mean().detach(), ev=explained_variance(x, recons[-1]).detach())
-
-# %% ../nbs/01_sae.ipynb #05aed981
-def sort_indices(i: Tensor, values: bool = True) -> Tensor:
-    "Sorted non-negative integer indices `i` (< 2**53), or the order that sorts them; float64 keys on CPU (int64 sort: 4-40x slower)."
-    s = i.double().sort() if i.device.type == "cpu" else i.sort()
-    return s.values.long() if values else s.indices
-
-# %% ../nbs/01_sae.ipynb #28d238b3
-def exact_batch_topk(pre: Tensor, k: int, factor: int = 2) -> Tensor:
-    "Sorted flat indices of the `B*k` largest entries of `pre` `(B, m)` (those `batch_topk` keeps), without a global sort."
-    B, m = pre.shape; n, flat = B * k, pre.flatten()
-    if factor * k >= m or n >= flat.numel(): return sort_indices(flat.topk(min(n, flat.numel()), sorted=False).indices)
-    v, i = pre.topk(factor * k, dim=1, sorted=False)
-    t = v.flatten().kthvalue(v.numel() - n + 1).values               # n-th largest candidate <= the true threshold
-    if t <= 0: return sort_indices(flat.topk(n, sorted=False).indices)   # too few positives: the plain way
-    cand = (i + torch.arange(B, device=pre.device)[:, None] * m)
-    full = v.min(1).values >= t                                        # rows that may hold more entries >= t
-    if full.any():
-        r = full.nonzero().squeeze(1); extra = (pre[r] >= t).nonzero()
-        cand = torch.cat([cand[~full].flatten(), r[extra[:, 0]] * m + extra[:, 1]])
-    cand = cand.flatten()
-    return sort_indices(cand[flat[cand].topk(n, sorted=False).indices])
-
-# %% ../nbs/01_sae.ipynb #767ecc54
-class Pattern:
-    "Positions `(rows, cols)` of a `(n_rows, m)` sparse matrix, rows sorted; CSR forms of it and of its transpose."
-    def __init__(self, rows: Tensor, cols: Tensor, n_rows: int, m: int):
-        self.rows, self.cols, self.shape = rows, cols, (n_rows, m)
-        self.crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
-        self.crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
-        self.perm = sort_indices(cols * n_rows + rows, values=False)       # column-major order
-        self.ccol = torch.zeros(m + 1, dtype=torch.long, device=rows.device)
-        self.ccol[1:] = torch.bincount(cols, minlength=m).cumsum(0)
-        self.rows_t = rows[self.perm]
-
-    def G(self, v: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.cols, v, self.shape, device=v.device, check_invariants=False)
-    def Gt(self, v: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.ccol, self.rows_t, v[self.perm], self.shape[::-1], device=v.device, check_invariants=False)
-
-# %% ../nbs/01_sae.ipynb #71e7714a
-class SelectedPre(torch.autograd.Function):
-    "The given values `vals` of `relu(xc @ W_enc + b_enc)` at `pat`'s positions; backward touches only those."
-    @staticmethod
-    def forward(ctx, xc, W_enc, b_enc, vals, pat):
-        ctx.save_for_backward(xc, W_enc, vals > 0); ctx.pat = pat
-        return vals.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        xc, W_enc, pos = ctx.saved_tensors
-        g, pat = (g * pos).float(), ctx.pat                             # sparse products in fp32, under autocast too
-        with torch.autocast(g.device.type, enabled=False):
-            gW = (pat.Gt(g) @ xc.float()).t().to(W_enc.dtype) if ctx.needs_input_grad[1] else None
-            gx = (pat.G(g) @ W_enc.float().t()).to(xc.dtype)
-        gb = torch.zeros(pat.shape[1], dtype=W_enc.dtype, device=g.device).index_add_(0, pat.cols, g.to(W_enc.dtype))
-        return gx, gW, gb, None, None
-
-# %% ../nbs/01_sae.ipynb #e8c7da50
-class SparseDecode(torch.autograd.Function):
-    "`G(vals) @ W_dec` for the pattern `pat`: forward and backward without a dense `(B, m)` matrix."
-    @staticmethod
-    def forward(ctx, vals, W_dec, pat):
-        ctx.vals_dtype, vals = vals.dtype, vals.float(); ctx.save_for_backward(vals, W_dec); ctx.pat = pat
-        with torch.autocast(vals.device.type, enabled=False): return pat.G(vals) @ W_dec.float()   # fp32: no bf16 cuSPARSE
-
-    @staticmethod
-    def backward(ctx, g):
-        vals, W_dec = ctx.saved_tensors; pat = ctx.pat; g = g.float().contiguous()
-        with torch.autocast(g.device.type, enabled=False):
-            gv = torch.sparse.sampled_addmm(pat.G(torch.zeros_like(vals)), g, W_dec.float().t(), beta=0.0).values()
-            gW = pat.Gt(vals) @ g
-        return gv.to(ctx.vals_dtype), gW.to(W_dec.dtype), None
-
-# %% ../nbs/01_sae.ipynb #622c9cc1
-@patch
-def _select(self: BatchTopKSAE, pre: Tensor) -> Tensor:
-    "Sorted flat indices of the kept pre-activations (chapter 07 replaces this with a selection across processes)."
-    return exact_batch_topk(pre, self.k)
-
-@patch
-def _fast_select(self: BatchTopKSAE, x: Tensor):
-    "Training-mode encoding as `(xc, pre, dead, pattern, vals)`; updates the threshold and dead counters."
-    xc = check_input(x, self.d_in) - self.b_dec
-    with torch.no_grad(): pre = torch.addmm(self.b_enc, xc, self.W_enc).relu_()   # as `pre_acts`: the same values
-    dead = self.since_fired >= self.dead_after
-    idx = self._select(pre)
-    pat, v = Pattern(idx // self.d_sae, idx % self.d_sae, len(x), self.d_sae), pre.flatten()[idx]
-    fired = torch.zeros(self.d_sae, device=x.device).index_add_(0, pat.cols, (v > 0).float()) > 0
-    self._update_state(len(x), smallest_positive(v), fired)
-    return xc, pre, dead, pat, SelectedPre.apply(xc, self.W_enc, self.b_enc, v, pat)
-
-# %% ../nbs/01_sae.ipynb #8663bafc
-@patch
-def fast_aux_loss(self: BatchTopKSAE, x, x_hat, xc, pre, dead) -> Tensor:
-    "`aux_loss` on sparse pieces: the same selection and value, no dense `(B, m)` product."
-    n_dead = int(dead.sum())
-    if n_dead == 0: return x.new_zeros(())
-    with torch.no_grad():
-        v, c = (pre * dead).topk(min(self.k_aux, n_dead), dim=1)
-        c, order = c.sort(dim=1); v = v.gather(1, order)                 # CSR wants sorted columns in each row
-    pat = Pattern(torch.arange(len(x), device=x.device).repeat_interleave(v.shape[1]), c.flatten(), len(x), self.d_sae)
-    recon = SparseDecode.apply(SelectedPre.apply(xc, self.W_enc, self.b_enc, v.flatten(), pat), self.W_dec, pat)
-    return (recon - (x - x_hat).detach()).pow(2).mean()
-
-# %% ../nbs/01_sae.ipynb #adac772c
-@patch
-def fast_loss(self: BatchTopKSAE, x: Tensor) -> dict[str, Tensor]:
-    "`loss` in training mode, computed sparsely: same latents, same terms, gradients equal to float tolerance."
-    xc, pre, dead, pat, vals = self._fast_select(x)
-    x_hat = SparseDecode.apply(vals, self.W_dec, pat) + self.b_dec
-    mse = (x_hat - x).pow(2).mean()
-    aux = self.fast_aux_loss(x, x_hat, xc, pre, dead)
-    return dict(loss=mse + self.aux_coef * aux, mse=mse, aux=aux, l0=(vals > 0).sum().float().detach() / len(x),
-                ev=explained_variance(x, x_hat).detach())
-
-# %% ../nbs/01_sae.ipynb #d6a70178
-@patch
-def fast_loss(self: MatryoshkaSAE, x: Tensor) -> dict[str, Tensor]:
-    "The Matryoshka `loss`, sparsely: one sparse product gives every (row, group) partial sum."
-    xc, pre, dead, pat, vals = self._fast_select(x)
-    ends = torch.tensor(self.group_sizes, device=x.device).cumsum(0); G = len(ends)
-    bags = Pattern(pat.rows * G + torch.bucketize(pat.cols, ends, right=True), pat.cols, len(x) * G, self.d_sae)
-    parts = SparseDecode.apply(vals, self.W_dec, bags).view(len(x), G, -1)
-    recons = parts.cumsum(1).transpose(0, 1) + self.b_dec               # (groups, B, d), like prefix_reconstructions
-    mses = (recons - x).pow(2).mean((1, 2))
-    aux = self.fast_aux_loss(x, recons[-1], xc, pre, dead)
-    return dict(loss=mses.mean() + self.aux_coef * aux, mse=mses.mean(), mse_full=mses[-1], aux=aux,
-                l0=(vals > 0).sum().float().detach() / len(x), ev=explained_variance(x, recons[-1]).detach())
-
-# %% ../nbs/01_sae.ipynb #755595ee
-BatchTopKSAE.fast = True
 
 # %% ../nbs/01_sae.ipynb #333eecca
 SAE_CLASSES: dict[str, type] = {"BatchTopKSAE": BatchTopKSAE, "MatryoshkaSAE": MatryoshkaSAE}

@@ -9,7 +9,8 @@ leaves a `meta` result that can't be read. On a GPU the same code would put a CP
 import copy
 import pytest, torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from ortsae.sae import BatchTopKSAE, MatryoshkaSAE, Pattern, exact_batch_topk
+from ortsae.sae import BatchTopKSAE, MatryoshkaSAE
+from ortsae.fast import Pattern, exact_batch_topk
 from ortsae.orthogonality import OrtSAE, OrtMatryoshkaSAE
 from ortsae import metrics as M
 from ortsae.activations import load_model, tiny_model, ActivationBuffer

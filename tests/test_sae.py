@@ -3,6 +3,7 @@ import json, math
 import pytest, torch
 from hypothesis import given, settings, strategies as st
 from ortsae.sae import BatchTopKSAE, MatryoshkaSAE, batch_topk, load_sae, geometric_median
+import ortsae.fast   # the sparse training step (chapter 02)
 
 
 @settings(max_examples=40, deadline=None)
@@ -175,7 +176,7 @@ def test_load_missing_folder(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(B=st.integers(1, 40), m=st.integers(2, 300), seed=st.integers(0, 10**6), shift=st.floats(-3, 3), data=st.data())
 def test_exact_batch_topk_selects_what_the_sort_selects(B, m, seed, shift, data):
-    from ortsae.sae import exact_batch_topk
+    from ortsae.fast import exact_batch_topk
     k = data.draw(st.integers(1, m))
     g = torch.Generator().manual_seed(seed)
     pre = torch.relu(torch.randn(B, m, generator=g) + shift)
