@@ -182,7 +182,8 @@ def _reproduce(args):
     done = [n for n in run_plan(c) if (root / n / "metrics.json").exists()]
     if len(done) < len(run_plan(c)): print(f"{len(done)} of {len(run_plan(c))} runs done; the claims need all of them"); return
     res, t = reproduce(c, root, device, dtype), timing_run(c, root, device=device, dtype=dtype)
-    print(table1_seeds(res, c)); print(claims_markdown(claims(res, unique_features(c, root), c), res, c))
+    u = unique_features(c, root)
+    print(table1_seeds(res, c)); print(claims_markdown(claims(res, u, c), res, c, u))
     print(f"OrtSAE step / BatchTopK step with the penalty every 5th step: {t['ortsae'] / t['batchtopk']:.2f}")
 
 COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor, "reproduce": _reproduce}

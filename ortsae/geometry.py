@@ -11,8 +11,8 @@ from .sae import BatchTopKSAE, batch_topk
 from .orthogonality import cosine_matrix
 
 # %% auto #0
-__all__ = ['THRESHOLDS', 'max_cosines', 'mean_cos_sim', 'clustering_coefficient', 'composition_rate', 'unique_fraction',
-           'plot_comparison', 'geometry_metrics', 'random_decoder']
+__all__ = ['META_SEED', 'THRESHOLDS', 'max_cosines', 'mean_cos_sim', 'clustering_coefficient', 'composition_rate',
+           'unique_fraction', 'plot_comparison', 'geometry_metrics', 'random_decoder']
 
 # %% ../nbs/06_geometry.ipynb #d71c2d9c
 @torch.no_grad()
@@ -51,11 +51,14 @@ def clustering_coefficient(W: Tensor, threshold: float, chunk: int = 2048) -> tu
     return (tr3 / triples if triples else 0.0), len(r) / (m * (m - 1))
 
 # %% ../nbs/06_geometry.ipynb #4215fbc1
+META_SEED = 0x5EED_C0DE   # offsets the meta-SAE's initialisation from every seed an SAE of a run uses
+
 def composition_rate(W_dec: Tensor, k: int = 4, width_frac: float = 0.25, steps: int = 1500, batch_size: int = 1024,
                      lr: float = 5e-4, seed: int = 0) -> float:
     "Explained variance of a BatchTopK meta-SAE (k=4, m/4 latents) trained on the rows of `W_dec`; lower: more atomic."
     rows = torch.nn.functional.normalize(W_dec.detach().float(), dim=1) * math.sqrt(W_dec.shape[1])
-    meta = BatchTopKSAE(rows.shape[1], max(k, int(len(rows) * width_frac)), k=k, k_aux=min(64, len(rows)), seed=seed).to(rows.device)
+    meta = BatchTopKSAE(rows.shape[1], max(k, int(len(rows) * width_frac)), k=k, k_aux=min(64, len(rows)),
+                        seed=META_SEED + seed).to(rows.device)           # never an SAE's own seed (see below)
     meta.init_b_dec(rows)
     opt, g = torch.optim.Adam(meta.parameters(), lr=lr), torch.Generator().manual_seed(seed)
     for _ in range(steps):

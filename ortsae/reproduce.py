@@ -16,9 +16,9 @@ from .absorption import letter_data
 from .metrics import evaluate_run
 
 # %% auto #0
-__all__ = ['KINDS', 'CONFIGS', 'T975', 'PAPER', 'CLAIMS', 'TABLE1', 'cache_activations', 'run_config', 'run_plan', 'reproduce',
-           'timing_run', 'paired_interval', 'verdict', 'paired', 'decoders', 'unique_features', 'claims', 'seed_values',
-           'mean_sd', 'table1_seeds', 'claims_markdown', 'convergence']
+__all__ = ['KINDS', 'CONFIGS', 'T975', 'PAPER', 'CLAIMS', 'TABLE1', 'cache_activations', 'run_config', 'run_plan', 'save_letters',
+           'load_letters', 'reproduce', 'timing_run', 'paired_interval', 'verdict', 'paired', 'decoders',
+           'unique_features', 'claims', 'seed_values', 'mean_sd', 'table1_seeds', 'claims_markdown', 'convergence']
 
 # %% ../nbs/12_reproduction.ipynb #9032cd5b
 KINDS = ["batchtopk", "matryoshka", "ortsae"]
@@ -42,7 +42,7 @@ CONFIGS = {
 }
 
 # %% ../nbs/12_reproduction.ipynb #84f75c07
-def cache_activations(c: dict, root: Path, device: str = "cpu", dtype=torch.float32) -> Path:
+def cache_activations(c: dict, root: Path, device: str = "cpu", dtype=torch.float32, progress: bool = True) -> Path:
     "Configuration `c`'s activations cached under `root/acts` once, in float16, with where they came from in `meta.json`."
     acts = Path(root) / "acts"
     if (acts / "meta.json").exists(): return acts
@@ -52,7 +52,7 @@ def cache_activations(c: dict, root: Path, device: str = "cpu", dtype=torch.floa
         return a.to("cpu", torch.float16)
     model = load_model_for_hook(c["model"], c["hook"], device, dtype)
     stream = activation_stream(model, c["hook"], c["source"], c["ctx_len"], c["model_batch"])
-    write_shards((fp16(a) for a in tqdm(stream, desc="caching activations", unit="batch")), acts, shard_rows=c["shard_rows"],
+    write_shards((fp16(a) for a in tqdm(stream, desc="caching activations", unit="batch", disable=not progress)), acts, shard_rows=c["shard_rows"],
                  max_rows=c.get("cache_tokens"), meta={k: c[k] for k in ("model", "hook", "source", "ctx_len", "model_batch")})
     return acts
 
@@ -75,48 +75,64 @@ def run_plan(c: dict) -> dict[str, tuple[int, int]]:
     return runs | {f"k{k}-seed{c['seeds'][0]}": (k, c["seeds"][0]) for k in c["sweep"]}
 
 # %% ../nbs/12_reproduction.ipynb #748dd61a
+def save_letters(letters: dict, path: Path):
+    "Keep first-letter probe data as plain tensors and lists (the probe as its weight and bias), so loading runs no code."
+    probe = letters["probe"]
+    atomic_save({k: v for k, v in letters.items() if k != "probe"} | {"probe_weight": probe.weight.detach().cpu(),
+                                                                      "probe_bias": probe.bias.detach().cpu()}, Path(path))
+
+def load_letters(path: Path) -> dict:
+    "`save_letters`' file back as `letter_data`'s dict (weights only: nothing in it is executed)."
+    d = torch.load(path, weights_only=True); w, b = d.pop("probe_weight"), d.pop("probe_bias")
+    probe = torch.nn.Linear(w.shape[1], w.shape[0]).requires_grad_(False)
+    probe.weight.copy_(w); probe.bias.copy_(b)
+    return d | {"probe": probe}
+
+# %% ../nbs/12_reproduction.ipynb #f938c0f7
 def _letters(c: dict, root: Path, device: str, dtype) -> dict | None:
     "The first-letter probes of `c`'s model (computed once, kept in `root/letters.pt`), or None when absorption is off."
     if c["absorption_words"] == 0: return None
     path = Path(root) / "letters.pt"
-    if path.exists(): return torch.load(path, weights_only=True)
-    model = load_model_for_hook(c["model"], c["hook"], device, dtype)
-    letters = letter_data(model, c["hook"], c["absorption_words"], min_letters=10)
-    atomic_save(letters, path)
+    if path.exists(): return load_letters(path)
+    letters = letter_data(load_model_for_hook(c["model"], c["hook"], device, dtype), c["hook"], c["absorption_words"], min_letters=10)
+    save_letters(letters, path)
     return letters
 
 # %% ../nbs/12_reproduction.ipynb #312bcef6
-def _source(c: dict, root: Path, device: str, dtype) -> tuple[str, int]:
+def _source(c: dict, root: Path, device: str, dtype, progress: bool = True) -> tuple[str, int]:
     "The training source of `c` and its `train_shards`: the cache (all but `heldout_shards` shards) or the live corpus."
     if not c["cache"]: return c["source"], 0
-    acts = cache_activations(c, root, device, dtype)
+    acts = cache_activations(c, root, device, dtype, progress)
     return f"shards:{acts}", json.loads((acts / "meta.json").read_text())["n_shards"] - c["heldout_shards"]
 
-def reproduce(c: dict, root: str | Path, device: str = "cpu", dtype=torch.float32, only: list[str] | None = None) -> dict:
+def reproduce(c: dict, root: str | Path, device: str = "cpu", dtype=torch.float32, only: list[str] | None = None,
+              progress: bool = True) -> dict:
     "Train and evaluate every run of `run_plan(c)` (or those named in `only`) under `root`; reuse what is there."
     root = Path(root); out, t0 = {}, time.perf_counter()
-    source, train_shards = _source(c, root, device, dtype)
+    source, train_shards = _source(c, root, device, dtype, progress)
     for name, (k, seed) in run_plan(c).items():
         if only is not None and name not in only: continue
         run, tokens = root / name, c["tokens"] if k == c["k"] else c.get("sweep_tokens", c["tokens"])   # the sweep may be shorter
         if not (run / "summary.json").exists():
-            train(run_config(c, k, seed, source, train_shards, total_tokens=tokens), run, resume=(run / "checkpoint.pt").exists())
+            train(run_config(c, k, seed, source, train_shards, total_tokens=tokens), run, resume=(run / "checkpoint.pt").exists(),
+                  progress=progress)
         if not (run / "metrics.json").exists():
             evaluate_run(run, n_tokens=c["eval_tokens"], ce_batches=c["ce_batches"], composition_steps=c["composition_steps"],
-                         absorption_words=0, letters=_letters(c, root, device, dtype), device=device)
+                         absorption_words=0, letters=_letters(c, root, device, dtype), device=device, progress=progress)
         out[name] = json.loads((run / "metrics.json").read_text()) | {"summary": json.loads((run / "summary.json").read_text())}
     print(f"{len(out)} runs trained, evaluated or loaded in {time.perf_counter() - t0:.0f} s")
     return out
 
 # %% ../nbs/12_reproduction.ipynb #f8ab9a82
-def timing_run(c: dict, root: Path, every: int = 5, steps: int = 200, device: str = "cpu", dtype=torch.float32) -> dict:
+def timing_run(c: dict, root: Path, every: int = 5, steps: int = 200, device: str = "cpu", dtype=torch.float32,
+               progress: bool = True) -> dict:
     "Seconds per step of each kind in a short run with the penalty every `every`-th step (at `every` x gamma), side by side."
     run = Path(root) / f"timing-every{every}"
     if not (run / "summary.json").exists():
-        source, train_shards = _source(c, Path(root), device, dtype)
+        source, train_shards = _source(c, Path(root), device, dtype, progress)
         cfg = run_config(c, c["k"], 0, source, train_shards, every=every, snapshot_every=0,
                          total_tokens=steps * c["batch_size"], checkpoint_every=steps)
-        train(cfg, run, overwrite=True)
+        train(cfg, run, overwrite=True, progress=progress)
     s = json.loads((run / "summary.json").read_text())
     return {k: v / s["steps"] for k, v in s["sae_seconds"].items()}
 
@@ -222,14 +238,16 @@ def table1_seeds(results: dict, c: dict) -> str:
         mean_sd([r["composition_rate"] for r in rd]) + " | | | | |\n"
 
 # %% ../nbs/12_reproduction.ipynb #9abeb98e
-def claims_markdown(rows: list[dict], results: dict, c: dict) -> str:
+def claims_markdown(rows: list[dict], results: dict, c: dict, uniques: dict | None = None) -> str:
     "The claims as a table: the paired difference with its interval, the paper's, BatchTopK's seed spread, a random decoder's value."
     f = lambda v, pct: "n/a" if v is None else (f"{v:+.0%}" if pct else f"{v:+.3f}")
     out = "| claim | SAE | vs BatchTopK, mean [95% CI] over seeds | paper | BatchTopK across seeds | random decoder | verdict |\n" + "|" + "---|" * 7 + "\n"
     for r in rows:
         pct = r["how"] == "relative"
-        bt = mean_sd(seed_values(results, c, "batchtopk", r["metric"])) if r["metric"] != "unique" else ""
-        rd = results[f"k{c['k']}-seed{c['seeds'][0]}"]["random_decoder"].get(r["metric"])
+        if r["metric"] == "unique":   # the baselines: BatchTopK against its next seed, a random decoder against BatchTopK
+            bt = mean_sd(uniques["batchtopk vs batchtopk (next seed)"]) + " (vs next seed)" if uniques else ""
+            rd = sum(uniques["random vs batchtopk"]) / len(c["seeds"]) if uniques else None
+        else: bt, rd = mean_sd(seed_values(results, c, "batchtopk", r["metric"])), results[f"k{c['k']}-seed{c['seeds'][0]}"]["random_decoder"].get(r["metric"])
         ci = f"[{f(r['lo'], pct)}, {f(r['hi'], pct)}]" if r["n"] > 1 else ""
         out += (f"| {r['claim']} | {r['kind']} | {f(r['mean'], pct)} {ci} | {f(r['paper'], pct)} | {bt} | "
                 f"{'' if rd is None else f'{rd:.3f}'} | {r['verdict']} |\n")

@@ -359,7 +359,7 @@ def _load_state(self: Run, state: dict):
     return self
 Run.restore, Run.load_state = _restore, _load_state
 
-# %% ../nbs/04_training.ipynb #1a236b38
+# %% ../nbs/04_training.ipynb #2f924e50
 def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, Tensor]]:
     "One optimizer step of every SAE on the batch `x`; returns each SAE's detached loss terms (tensors: reading them waits for the GPU)."
     logs, amp = {}, self.cfg.autocast and x.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -377,6 +377,7 @@ def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, Tensor]]:
     return logs
 Run.train_step = _train_step
 
+# %% ../nbs/04_training.ipynb #4396361b
 # hooks that chapter 10 (data-parallel training) overrides; one process: nothing to do
 Run.sync_grads = lambda self, sae: None          # average gradients across processes
 Run.sync_init = lambda self: None                # make every process start from the same SAEs
@@ -390,23 +391,31 @@ def read_logs(logs: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, float]]
     for (k, n, _), v in zip(flat, vals): out[k][n] = v
     return out
 
-# %% ../nbs/04_training.ipynb #19667865
+# %% ../nbs/04_training.ipynb #52b23af8
 RUN_FILES = ["config.json", "log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "summary.json", "training.png"]
 
+def _clear_run(run_dir: Path):
+    "Remove what a run writes in `run_dir`, and nothing else."
+    for name in RUN_FILES: (run_dir / name).unlink(missing_ok=True)
+    for sub in ("saes", "snapshots"): shutil.rmtree(run_dir / sub, ignore_errors=True)
+
+# %% ../nbs/04_training.ipynb #dac5e9d4
+def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
+    "The checkpoint of `run_dir` (checked against `cfg`), with `log.jsonl` cut back to it."
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.exists(): raise FileNotFoundError(f"Nothing to resume: {ckpt} does not exist.")
+    state = load_checkpoint(ckpt, cfg)
+    log = run_dir / "log.jsonl"
+    if log.exists():
+        keep = [l for l in log.read_text().splitlines() if json.loads(l)["step"] <= state["step"]]
+        log.write_text("".join(l + "\n" for l in keep))
+    return state
+
+# %% ../nbs/04_training.ipynb #817c2dbb
 def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
     "Check the run folder; return the checkpoint to resume from, if any."
-    ckpt = run_dir / "checkpoint.pt"
-    if overwrite:   # remove only what a run writes, never anything else in the folder
-        for name in RUN_FILES: (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "saes", ignore_errors=True); shutil.rmtree(run_dir / "snapshots", ignore_errors=True)
-    if resume:
-        if not ckpt.exists(): raise FileNotFoundError(f"Nothing to resume: {ckpt} does not exist.")
-        state = load_checkpoint(ckpt, cfg)
-        log = run_dir / "log.jsonl"   # drop lines logged after the checkpoint: they will be logged again
-        if log.exists():
-            keep = [l for l in log.read_text().splitlines() if json.loads(l)["step"] <= state["step"]]
-            log.write_text("".join(l + "\n" for l in keep))
-        return state
+    if overwrite: _clear_run(run_dir)                  # only what a run writes, never anything else in the folder
+    if resume: return _resume_state(run_dir, cfg)
     if (run_dir / "config.json").exists():
         old = json.loads((run_dir / "config.json").read_text())
         what = "a different run" if old != asdict(cfg) else "this run already"
