@@ -15,7 +15,7 @@ from fastcore.basics import patch
 __all__ = ['OFFLINE_MODEL', 'MODELS', 'OFFLINE_INSTALL', 'CORPORA', 'cache_dir', 'offline_gguf', 'offline_model_dir',
            'load_model', 'tiny_model', 'offline_corpus', 'text_stream', 'pack_tokens', 'token_batches', 'hook_block',
            'hook_layer', 'load_model_for_hook', 'special_ids', 'capture', 'activation_stream', 'ActivationBuffer',
-           'norm_scaling_factor', 'scaled_buffer', 'activation_buffer', 'write_shards', 'read_shards']
+           'norm_scaling_factor', 'scaled_buffer', 'activation_buffer', 'write_shards', 'read_shards', 'shard_shapes']
 
 # %% ../nbs/00_activations.ipynb #bd139d71
 def cache_dir(*parts: str) -> Path:
@@ -335,10 +335,20 @@ def write_shards(chunks: Iterable[Tensor], folder: str | Path, shard_rows: int =
     return folder
 
 # %% ../nbs/00_activations.ipynb #20477fb6
-def read_shards(folder: str | Path) -> Iterator[Tensor]:
-    "Yield the shards written by `write_shards`, in order."
+def _cache_size(folder: Path) -> int:
+    if not (folder / "meta.json").exists(): raise FileNotFoundError(f"No activation cache in {folder} (meta.json is missing).")
+    return json.loads((folder / "meta.json").read_text())["n_shards"]
+
+def read_shards(folder: str | Path, start: int = 0) -> Iterator[Tensor]:
+    "Yield the shards written by `write_shards`, in order, from shard `start` on (the ones before it are not read)."
     from safetensors.torch import load_file
     folder = Path(folder)
-    if not (folder / "meta.json").exists(): raise FileNotFoundError(f"No activation cache in {folder} (meta.json is missing).")
-    for i in range(json.loads((folder / "meta.json").read_text())["n_shards"]):
-        yield load_file(str(folder / f"shard_{i:05d}.safetensors"))["acts"]
+    for i in range(start, _cache_size(folder)): yield load_file(str(folder / f"shard_{i:05d}.safetensors"))["acts"]
+
+def shard_shapes(folder: str | Path) -> list[tuple[int, int]]:
+    "Each shard's `(rows, width)`, from the file headers alone (no activation is read)."
+    from safetensors import safe_open
+    folder, out = Path(folder), []
+    for i in range(_cache_size(folder)):
+        with safe_open(str(folder / f"shard_{i:05d}.safetensors"), "pt") as f: out.append(tuple(f.get_slice("acts").get_shape()))
+    return out

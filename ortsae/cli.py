@@ -178,10 +178,11 @@ def _reproduce(args):
     c, root = CONFIGS[args.config], Path(args.root or f"runs/repro-{args.config}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    reproduce(c, root, device, dtype, only=args.only)
+    res = reproduce(c, root, device, dtype, only=args.only)
     done = [n for n in run_plan(c) if (root / n / "metrics.json").exists()]
     if len(done) < len(run_plan(c)): print(f"{len(done)} of {len(run_plan(c))} runs done; the claims need all of them"); return
-    res, t = reproduce(c, root, device, dtype), timing_run(c, root, device=device, dtype=dtype)
+    if args.only is not None: res = reproduce(c, root, device, dtype)       # every run is on disk: load them all
+    t = timing_run(c, root, device=device, dtype=dtype)
     u = unique_features(c, root)
     print(table1_seeds(res, c)); print(claims_markdown(claims(res, u, c), res, c, u))
     print(f"OrtSAE step / BatchTopK step with the penalty every 5th step: {t['ortsae'] / t['batchtopk']:.2f}")

@@ -9,7 +9,7 @@ from itertools import islice
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from .activations import read_shards, token_batches, capture, load_model_for_hook, scaled_buffer
+from .activations import read_shards, shard_shapes, token_batches, capture, load_model_for_hook, scaled_buffer
 from .sae import BatchTopKSAE
 from .orthogonality import Orthogonal, chunked_penalty, random_partition
 from .train import Run, check_memory, make_config, model_dtype, shard_passes
@@ -127,8 +127,9 @@ def rank_stream(cfg, device: str, skip: int, rank: int, world: int, dtype: torch
     "This rank's activation chunks: chunks `skip + rank`, `skip + rank + world`, ... of the run's stream; and `d_in`."
     if cfg.source.startswith("shards:"):
         folder = cfg.source[len("shards:"):]
-        shards = shard_passes(folder, cfg.train_shards, cfg.seed) if cfg.train_shards else read_shards(folder)
-        return islice(shards, skip + rank, None, world), next(read_shards(folder)).shape[1]
+        shapes = shard_shapes(folder)
+        if cfg.train_shards: return islice(shard_passes(folder, cfg.train_shards, cfg.seed), skip + rank, None, world), shapes[0][1]
+        return (next(read_shards(folder, start=i)) for i in range(skip + rank, len(shapes), world)), shapes[0][1]   # only this rank's
     model = load_model_for_hook(cfg.model, cfg.hook, device, dtype or model_dtype(cfg, device))
     batches = islice(token_batches(model, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), rank, None, world)
     return (capture(model, t.to(device), cfg.hook) for t in batches), model.cfg.d_model

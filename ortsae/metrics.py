@@ -29,12 +29,12 @@ def _train_position(run_dir: Path) -> tuple[int, bool, str]:
 # %% ../nbs/08_evaluation.ipynb #421ff14f
 def _heldout(cfg, run_dir: Path, n_tokens: int, device: str):
     "Held-out activations (the stream after what training read), the full model (None for cached activations), and where from."
-    from ortsae.activations import read_shards, load_model, hook_layer, activation_stream
+    from ortsae.activations import read_shards, shard_shapes, load_model, hook_layer, activation_stream
     (skip, exhausted, dtype), model, parts, n, rows_before = _train_position(run_dir), None, [], 0, 0
     if cfg.source.startswith("shards:"):
-        stream = read_shards(cfg.source[len("shards:"):])
+        folder = cfg.source[len("shards:"):]
         if cfg.train_shards: skip, exhausted = cfg.train_shards, False     # passes over the first shards: the rest is held out
-        rows_before = sum(len(c) for _, c in zip(range(skip), stream))
+        stream, rows_before = read_shards(folder, start=skip), sum(r for r, _ in shard_shapes(folder)[:skip])
     else:
         model = load_model(cfg.model, device=device, dtype=getattr(torch, dtype))   # training's dtype, whole model (CE/KL)
         hook_layer(model, cfg.hook)

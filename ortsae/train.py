@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch
 from torch import Tensor
-from .activations import (OFFLINE_MODEL, load_model_for_hook, activation_stream, read_shards, scaled_buffer,
+from .activations import (OFFLINE_MODEL, load_model_for_hook, activation_stream, read_shards, shard_shapes, scaled_buffer,
                                 ActivationBuffer)
 from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size
@@ -195,16 +195,13 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, decay_frac: float)
 # %% ../nbs/04_training.ipynb #69b89d95
 def shard_passes(folder: str | Path, n: int, seed: int = 0, skip: int = 0) -> typing.Iterator[Tensor]:
     "The first `n` shards of an activation cache, pass after pass, each pass in a new order; the first `skip` are not read."
-    from safetensors.torch import load_file
-    folder = Path(folder)
-    if not (folder / "meta.json").exists(): raise FileNotFoundError(f"No activation cache in {folder} (meta.json is missing).")
-    total = json.loads((folder / "meta.json").read_text())["n_shards"]
+    total = len(shard_shapes(folder))                         # raises if the cache has no meta.json
     if not 0 < n < total: raise ValueError(f"train_shards={n}: the cache in {folder} has {total} shards; train on 1 to "
                                            f"{total - 1} of them and keep the rest held out for evaluation.")
     for p in itertools.count():
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + p)).tolist()
         for j, i in enumerate(order):
-            if p * n + j >= skip: yield load_file(str(folder / f"shard_{i:05d}.safetensors"))["acts"]
+            if p * n + j >= skip: yield next(read_shards(folder, start=i))
 
 # %% ../nbs/04_training.ipynb #e55bcf99
 def model_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
@@ -216,11 +213,9 @@ def activation_source(cfg: TrainConfig, device: str, skip: int = 0, dtype: torch
     "An iterator of activation chunks for `cfg`, fast-forwarded by `skip` chunks, and its width `d_in` (`dtype`: the model's)."
     if cfg.source.startswith("shards:"):
         folder = cfg.source[len("shards:"):]
-        d_in = next(read_shards(folder)).shape[1]             # raises if the cache has no meta.json
+        d_in = shard_shapes(folder)[0][1]                      # raises if the cache has no meta.json
         if cfg.train_shards: return shard_passes(folder, cfg.train_shards, cfg.seed, skip), d_in
-        chunks = read_shards(folder)
-        for _ in range(skip): next(chunks, None)
-        return chunks, d_in
+        return read_shards(folder, start=skip), d_in
     model = load_model_for_hook(cfg.model, cfg.hook, device, dtype or model_dtype(cfg, device))
     return activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), model.cfg.d_model
 
