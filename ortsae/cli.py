@@ -93,7 +93,7 @@ def train_cmd(args) -> dict:
     cfg = TrainConfig.from_dict(fields)
     run_dir = args.run_dir or f"runs/{args.preset}"
     run_cls = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:             # under torchrun: one data-parallel rank (chapter 10)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:             # under torchrun: one data-parallel rank (chapter 11)
         from ortsae.distributed import DistributedRun
         run_cls = DistributedRun
     run = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at, run_cls=run_cls)
@@ -141,7 +141,7 @@ def _add_doctor(sub):
 
 # %% ../nbs/90_cli.ipynb #673ed349
 def _add_reproduce(sub):
-    r = sub.add_parser("reproduce", help="the paper's comparison over several seeds, with paired intervals and verdicts (chapter 12)",
+    r = sub.add_parser("reproduce", help="the paper's comparison over several seeds, with paired intervals and verdicts (chapter 13)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("config", choices=sorted(CONFIGS), help="cpu: offline, about an hour on 2 cores; gpu: a few GPU hours; paper; smoke: a minute")
     r.add_argument("--root", default=None, help="folder of the runs (default: runs/repro-<config>)")
