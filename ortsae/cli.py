@@ -10,6 +10,7 @@ import torch
 from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, norm_scaling_factor, write_shards
 from .train import TrainConfig, PRESETS, make_config, train
 from .metrics import evaluate_run, table1
+from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table
 from .doctor import doctor
 from .reproduce import (CONFIGS, reproduce, run_plan, timing_run, unique_features, claims, claims_markdown,
                                table1_seeds)
@@ -123,6 +124,12 @@ def _add_eval(sub):
     e.add_argument("--min-probe-f1", type=float, default=0.6, help="letters count when their probe's test F1 exceeds this")
     e.add_argument("--min-letters", type=int, default=20, help="fewest letters that must pass for absorption")
     e.add_argument("--device", default="auto", help="where to evaluate (auto: cuda when available, else cpu)")
+    e.add_argument("--evals", nargs="+", default=["table1", *EVALS], choices=["table1", *EVALS],
+                   help="which evaluations: table1 (chapters 05-08: reconstruction, geometry, absorption, CE/KL), and the "
+                        "downstream ones of chapter 09 (scr, tpp, sparse_probing)")
+    e.add_argument("--downstream-source", default="standin", choices=["standin", "hub"],
+                   help="texts for scr/tpp/sparse_probing: the offline stand-in, or SAEBench's datasets from the hub (internet)")
+    e.add_argument("--downstream-size", default="default", choices=list(SIZES), help="how many texts (chapter 09's SIZES)")
     e.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep each SAE's trained inference threshold instead of calibrating it to L0 = k on held-out tokens")
 
@@ -165,9 +172,16 @@ def _doctor(args):
 
 # %% ../nbs/90_cli.ipynb #9ee41e2d
 def _eval(args):
-    res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps,
-                       args.absorption_words, args.min_probe_f1, args.min_letters, calibrate=args.calibrate,
-                       device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if "table1" in args.evals: _eval_table1(args, device)
+    if (down := [e for e in args.evals if e in EVALS]):
+        print(f"downstream evaluations ({', '.join(down)}) on the {args.downstream_source} texts, size {args.downstream_size}", flush=True)
+        res = evaluate_downstream(args.run_dir, down, args.downstream_source, args.downstream_size, device)
+        print(downstream_table(res)); print(f"written to {args.run_dir}/downstream.json")
+
+def _eval_table1(args, device):
+    res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps, args.absorption_words,
+                       args.min_probe_f1, args.min_letters, calibrate=args.calibrate, device=device)
     h = res["heldout"]
     print(f"{res['n_tokens']:,} held-out activations ({h['source']}, after the {h['skipped_chunks']} chunks training read); "
           f"written to {args.run_dir}/metrics.json, metrics.png")

@@ -14,11 +14,13 @@ from .train import TrainConfig, make_config, train, load_snapshots, atomic_save
 from .geometry import mean_cos_sim, unique_fraction, composition_rate, random_decoder, THRESHOLDS
 from .absorption import letter_data
 from .metrics import evaluate_run
+from .downstream import evaluate_downstream, load_downstream_data
 
 # %% auto #0
-__all__ = ['KINDS', 'CONFIGS', 'T975', 'PAPER', 'CLAIMS', 'TABLE1', 'cache_activations', 'run_config', 'run_plan', 'save_letters',
-           'load_letters', 'reproduce', 'timing_run', 'paired_interval', 'verdict', 'paired', 'decoders',
-           'unique_features', 'claims', 'seed_values', 'mean_sd', 'table1_seeds', 'claims_markdown', 'convergence']
+__all__ = ['KINDS', 'CONFIGS', 'DOWNSTREAM_N', 'T975', 'PAPER', 'CLAIMS', 'TABLE1', 'cache_activations', 'run_config', 'run_plan',
+           'save_letters', 'load_letters', 'run_results', 'reproduce', 'timing_run', 'paired_interval', 'verdict',
+           'paired', 'decoders', 'unique_features', 'claims', 'seed_values', 'mean_sd', 'table1_seeds',
+           'claims_markdown', 'convergence']
 
 # %% ../nbs/13_reproduction.ipynb #9032cd5b
 KINDS = ["batchtopk", "matryoshka", "ortsae"]
@@ -26,19 +28,19 @@ CONFIGS = {
     "paper": dict(model="gemma-2-2b", hook="blocks.12.hook_resid_post", source="openwebtext", ctx_len=1024, model_batch=8,
                   d_sae=65536, k=70, seeds=[0, 1, 2], sweep=[25, 130], tokens=500_000_000, batch_size=2048, lr=2e-4,
                   chunk_size=8192, cache=False, eval_tokens=200_000, ce_batches=8, absorption_words=None,
-                  composition_steps=3000, snapshots=10),
+                  composition_steps=3000, snapshots=10, downstream=("hub", "saebench")),
     "gpu": dict(model="gemma-2-2b", hook="blocks.12.hook_resid_post", source="openwebtext", ctx_len=1024, model_batch=8,
                 d_sae=16384, k=70, seeds=[0, 1, 2], sweep=[40, 130], tokens=50_000_000, batch_size=2048, lr=2e-4,
                 chunk_size=8192, cache=False, eval_tokens=100_000, ce_batches=8, absorption_words=None,
-                composition_steps=3000, snapshots=10),
+                composition_steps=3000, snapshots=10, downstream=("hub", "saebench")),
     "cpu": dict(model=OFFLINE_MODEL, hook="blocks.6.hook_resid_post", source="shakespeare", ctx_len=128, model_batch=16,
                 d_sae=2048, k=32, seeds=[0, 1, 2], sweep=[16, 64], tokens=3_000_000, sweep_tokens=1_500_000, batch_size=1024, lr=5e-4,
                 chunk_size=8192, cache=True, shard_rows=65536, heldout_shards=2, eval_tokens=50_000, ce_batches=4,
-                absorption_words=6000, composition_steps=500, snapshots=10),
+                absorption_words=6000, composition_steps=500, snapshots=10, downstream=("standin", "default")),
     "smoke": dict(model=OFFLINE_MODEL, hook="blocks.3.hook_resid_post", source="shakespeare", ctx_len=64, model_batch=8,
                   d_sae=256, k=8, seeds=[0, 1], sweep=[16], tokens=12_288, batch_size=256, lr=1e-3, chunk_size=8192,
                   cache=True, shard_rows=2048, heldout_shards=2, cache_tokens=12_288, eval_tokens=2048, ce_batches=1,
-                  absorption_words=0, composition_steps=100, snapshots=3),
+                  absorption_words=0, composition_steps=100, snapshots=3, downstream=("standin", "smoke")),
 }
 
 # %% ../nbs/13_reproduction.ipynb #84f75c07
@@ -105,10 +107,34 @@ def _source(c: dict, root: Path, device: str, dtype, progress: bool = True) -> t
     acts = cache_activations(c, root, device, dtype, progress)
     return f"shards:{acts}", json.loads((acts / "meta.json").read_text())["n_shards"] - c["heldout_shards"]
 
+def _downstream(c: dict, run: Path, device: str, progress: bool, data: dict | None = None) -> dict | None:
+    "SCR, TPP and sparse probing of a run (chapter 09) unless done; returns the text data, built once for all runs."
+    if not c.get("downstream") or (run / "downstream.json").exists(): return data
+    source, size = c["downstream"]
+    data = data or load_downstream_data(c["model"], c["hook"], source, size, device=device, progress=progress)
+    evaluate_downstream(run, source=source, size=size, device=device, data=data, progress=progress)
+    return data
+
+# %% ../nbs/13_reproduction.ipynb #d0bfab15
+DOWNSTREAM_N = 20   # SCR and TPP enter Table 1 at the top-20 latents (SAEBench's plots use 20; the paper doesn't say which N)
+
+def _pick_downstream(r: dict) -> dict:
+    "SCR and TPP at top-`DOWNSTREAM_N`, sparse probing at k = 1, from one SAE's entry of `downstream.json`."
+    return {m: r[m][str(x)] for m, x in (("scr", DOWNSTREAM_N), ("tpp", DOWNSTREAM_N), ("sparse_probing", 1)) if m in r}
+
+def run_results(run: Path) -> dict:
+    "A run's metrics, training summary and (when measured) downstream scores, per SAE and for the random baselines."
+    out = json.loads((run / "metrics.json").read_text()) | {"summary": json.loads((run / "summary.json").read_text())}
+    if (run / "downstream.json").exists():
+        down = json.loads((run / "downstream.json").read_text())["saes"]
+        for k, r in down.items(): (out["random_decoder"] if k == "random" else out["saes"].setdefault(k, {})).update(_pick_downstream(r))
+    return out
+
+# %% ../nbs/13_reproduction.ipynb #ffd2d336
 def reproduce(c: dict, root: str | Path, device: str = "cpu", dtype=torch.float32, only: list[str] | None = None,
               progress: bool = True) -> dict:
     "Train and evaluate every run of `run_plan(c)` (or those named in `only`) under `root`; reuse what is there."
-    root = Path(root); out, t0 = {}, time.perf_counter()
+    root = Path(root); out, t0, data = {}, time.perf_counter(), None
     source, train_shards = _source(c, root, device, dtype, progress)
     for name, (k, seed) in run_plan(c).items():
         if only is not None and name not in only: continue
@@ -119,7 +145,8 @@ def reproduce(c: dict, root: str | Path, device: str = "cpu", dtype=torch.float3
         if not (run / "metrics.json").exists():
             evaluate_run(run, n_tokens=c["eval_tokens"], ce_batches=c["ce_batches"], composition_steps=c["composition_steps"],
                          absorption_words=0, letters=_letters(c, root, device, dtype), device=device, progress=progress)
-        out[name] = json.loads((run / "metrics.json").read_text()) | {"summary": json.loads((run / "summary.json").read_text())}
+        data = _downstream(c, run, device, progress, data)
+        out[name] = run_results(run)
     print(f"{len(out)} runs trained, evaluated or loaded in {time.perf_counter() - t0:.0f} s")
     return out
 
@@ -159,15 +186,18 @@ def verdict(lo: float, hi: float, sign: int, margin: float = 0.0) -> str:
 
 # %% ../nbs/13_reproduction.ipynb #374e5f8e
 PAPER = {  # Table 1 (Gemma-2-2B layer 20, 65,536 latents, L0 70) and section 4.3's unique features (layer 12)
-    "batchtopk": dict(explained_variance=0.843, mean_cos_sim=0.354, composition_rate=0.490, absorption=0.220, unique=0.015),
-    "matryoshka": dict(explained_variance=0.811, mean_cos_sim=0.148, composition_rate=0.349, absorption=0.015),
-    "ortsae": dict(explained_variance=0.836, mean_cos_sim=0.112, composition_rate=0.340, absorption=0.095, unique=0.09)}
+    "batchtopk": dict(explained_variance=0.843, mean_cos_sim=0.354, composition_rate=0.490, absorption=0.220, scr=0.308, unique=0.015),
+    "matryoshka": dict(explained_variance=0.811, mean_cos_sim=0.148, composition_rate=0.349, absorption=0.015, scr=0.385),
+    "ortsae": dict(explained_variance=0.836, mean_cos_sim=0.112, composition_rate=0.340, absorption=0.095, scr=0.322, unique=0.09)}
 # claim, metric, how a seed's pair is compared, the claimed sign, the margin for "similar"
 CLAIMS = [("MeanCosSim lower (paper: 2.7x)", "mean_cos_sim", "relative", -1, 0.0),
           ("absorption lower (paper: -65%)", "absorption", "relative", -1, 0.0),
           ("composition lower (paper: -15%)", "composition_rate", "relative", -1, 0.0),
           ("explained variance similar (within 0.02)", "explained_variance", "difference", 0, 0.02),
-          ("KL score similar (within 0.02)", "kl_score", "difference", 0, 0.02)]
+          ("KL score similar (within 0.02)", "kl_score", "difference", 0, 0.02),
+          ("SCR higher (paper: +6%; Table 1: +0.014)", "scr", "difference", +1, 0.0),
+          ("TPP higher (paper: modest gains)", "tpp", "difference", +1, 0.0),
+          ("sparse probing similar (within 0.02; paper: comparable)", "sparse_probing", "difference", 0, 0.02)]
 
 # %% ../nbs/13_reproduction.ipynb #05321d9c
 def paired(results: dict, c: dict, metric: str, kind: str, how: str = "difference") -> list[float]:
@@ -225,7 +255,7 @@ def mean_sd(v: list) -> str:
 
 # %% ../nbs/13_reproduction.ipynb #5d9aadba
 TABLE1 = [("explained_variance", "EV"), ("mean_cos_sim", "MeanCosSim"), ("composition_rate", "composition"),
-          ("absorption", "absorption"), ("ce_score", "CE score"), ("kl_score", "KL score"), ("l0", "L0")]
+          ("absorption", "absorption"), ("ce_score", "CE score"), ("kl_score", "KL score"), ("scr", "SCR@20"), ("l0", "L0")]
 
 def table1_seeds(results: dict, c: dict) -> str:
     "Table 1's layout: each kind's mean ± sd over seeds at the main L0, the paper's value beside, and a random decoder."
@@ -234,8 +264,8 @@ def table1_seeds(results: dict, c: dict) -> str:
     body = "".join(f"| {k} | " + " | ".join(mean_sd(seed_values(results, c, k, m)) + f(PAPER[k].get(m)) for m, _ in TABLE1) + " |\n"
                    for k in KINDS)
     rd = [results[f"k{c['k']}-seed{s}"]["random_decoder"] for s in c["seeds"]]
-    return head + body + "| random decoder | | " + mean_sd([r["mean_cos_sim"] for r in rd]) + " | " + \
-        mean_sd([r["composition_rate"] for r in rd]) + " | | | | |\n"
+    return head + body + "| random decoder | " + " | ".join(mean_sd([r.get(m) for r in rd]) if any(m in r for r in rd) else ""
+                                                      for m, _ in TABLE1) + " |\n"
 
 # %% ../nbs/13_reproduction.ipynb #9abeb98e
 def claims_markdown(rows: list[dict], results: dict, c: dict, uniques: dict | None = None) -> str:
