@@ -13,7 +13,7 @@ from .orthogonality import cosine_matrix
 # %% auto #0
 __all__ = ['absorption_scores', 'letter_words', 'icl_prompt', 'letter_activations', 'fit_logistic', 'f1_scores', 'train_probe',
            'adam_probe', 'rank_latents', 'main_latents', 'letter_probes', 'letter_data', 'bootstrap_ci',
-           'first_letter_absorption']
+           'letter_scores', 'first_letter_absorption']
 
 # %% ../nbs/07_absorption.ipynb #b9d67e9e
 @torch.no_grad()
@@ -178,7 +178,22 @@ def bootstrap_ci(groups: list[Tensor], n_boot: int = 1000, level: float = 0.95, 
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64, device="cpu")
     return tuple(means.mean(0).quantile(q).tolist())
 
-# %% ../nbs/07_absorption.ipynb #66e83a0b
+# %% ../nbs/07_absorption.ipynb #a638ec3b
+@torch.no_grad()
+def letter_scores(sae, f: Tensor, x: Tensor, y: Tensor, probe, l: int, main: list[int], centre: bool = True, **thresholds):
+    "Absorption fraction and full-absorption flag of each test word of letter `l` the probe reads (None when it reads none)."
+    hits = (y == l) & (probe(x)[:, l] > 0)                       # test words of letter l the probe gets right
+    if not hits.any(): return None
+    return absorption_scores(f[hits], x[hits] - (sae.b_dec if centre else 0), sae.W_dec, probe.weight[l], main, **thresholds)
+
+def _summary(fr: list[Tensor], fu: list[Tensor], per: dict, n_boot: int) -> dict:
+    "Means over letters of the per-word fractions and flags, with bootstrap intervals, and the per-letter details."
+    mean = lambda v: sum(t.mean().item() for t in v) / len(v)
+    return dict(mean_absorption=mean(fr), absorption_ci=bootstrap_ci(fr, n_boot), mean_full_absorption=mean(fu),
+                full_absorption_ci=bootstrap_ci(fu, n_boot), letters=per,
+                mean_split_features=sum(len(v["main_latents"]) - 1 for v in per.values()) / len(per))
+
+# %% ../nbs/07_absorption.ipynb #0542ff60
 @torch.no_grad()
 def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e-3, max_k: int = 10, jump: float = 0.03,
                             n_boot: int = 1000, main: dict[str, list[int]] | None = None, recipe: str = "ortsae",
@@ -195,14 +210,8 @@ def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e
         if ml is None:
             ranks = ranks or rank_latents(fp[:s], y[:s], l1=l1, recipe=recipe, seed=seed)
             ml, f1s = main_latents(fp[:s], (y[:s] == l).long(), fp[s:], (y[s:] == l).long(), ranks[l], max_k, jump)
-        hits = (y[s:] == l) & (probe(x[s:])[:, l] > 0)           # test words of letter l the probe gets right
-        if not hits.any(): continue
-        frac, full = absorption_scores(f[s:][hits], x[s:][hits] - (sae.b_dec if centre else 0), sae.W_dec,
-                                       probe.weight[l], ml, **thresholds)
-        fr.append(frac); fu.append(full.float())
-        per[chr(97 + l)] = dict(absorption=frac.mean().item(), full_absorption=full.float().mean().item(),
-                                main_latents=ml, k_sparse_f1=[round(v, 4) for v in f1s], n_words=int(hits.sum()))
-    mean = lambda v: sum(t.mean().item() for t in v) / len(v)
-    return dict(mean_absorption=mean(fr), absorption_ci=bootstrap_ci(fr, n_boot), mean_full_absorption=mean(fu),
-                full_absorption_ci=bootstrap_ci(fu, n_boot), letters=per,
-                mean_split_features=sum(len(v["main_latents"]) - 1 for v in per.values()) / len(per))
+        if (sc := letter_scores(sae, f[s:], x[s:], y[s:], probe, l, ml, centre, **thresholds)) is None: continue
+        fr.append(sc[0]); fu.append(sc[1].float())
+        per[chr(97 + l)] = dict(absorption=sc[0].mean().item(), full_absorption=sc[1].float().mean().item(),
+                                main_latents=ml, k_sparse_f1=[round(v, 4) for v in f1s], n_words=len(sc[0]))
+    return _summary(fr, fu, per, n_boot)

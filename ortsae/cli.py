@@ -11,6 +11,7 @@ from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, 
 from .train import TrainConfig, PRESETS, make_config, train
 from .metrics import evaluate_run, table1
 from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table
+from .features import run_features, latent_card, card_text, cards_html, decompose, decomposition_summary
 from .doctor import doctor
 from .reproduce import (CONFIGS, reproduce, run_plan, timing_run, unique_features, claims, claims_markdown,
                                table1_seeds)
@@ -30,15 +31,14 @@ def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_pos
         if n >= tokens: break
     secs = time.perf_counter() - t0
     acts = torch.cat(chunks)[:tokens]
-    if out: write_shards(iter([acts]), out, shard_rows=shard_rows, meta={"model": model, "hook": hook, "source": str(source), "ctx_len": ctx_len})
+    if out: write_shards(iter([acts]), out, shard_rows=shard_rows, meta={"model": model, "hook": hook, "source": str(source), "ctx_len": ctx_len,
+                                                                        "model_batch": batch})
     return {"model": model, "hook": hook, "tokens": len(acts), "d_model": acts.shape[1], "seconds": round(secs, 2),
             "tokens_per_s": round(len(acts) / secs), "mean_norm": round(acts.norm(dim=-1).mean().item(), 3),
             "scaling_factor": round(norm_scaling_factor(acts), 5), "out": out}
 
 # %% ../nbs/90_cli.ipynb #162a5322
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ortsae", description="Orthogonal sparse autoencoders: capture, train, evaluate.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _add_capture(sub):
     c = sub.add_parser("capture", help="capture activations from a language model and summarise them",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("--model", default=OFFLINE_MODEL, help="model short name or hub id (the default works offline)")
@@ -49,10 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=8, help="contexts per forward pass")
     c.add_argument("--out", default=None, help="folder to write activation shards to")
     c.add_argument("--shard-rows", type=int, default=65536, help="activations per shard file (evaluation reads the shards training did not)")
-    _add_train(sub)
-    _add_eval(sub)
-    _add_doctor(sub)
-    _add_reproduce(sub)
+
+# %% ../nbs/90_cli.ipynb #84eca1d6
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ortsae", description="Orthogonal sparse autoencoders: capture, train, evaluate.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_capture, _add_train, _add_eval, _add_doctor, _add_reproduce, _add_features): add(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #f82b7ca9
@@ -69,6 +71,7 @@ def field_help() -> dict[str, str]:
 def _default(f) -> str:
     return repr(f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
 
+# %% ../nbs/90_cli.ipynb #41e5d6a1
 def _add_train(sub):
     t = sub.add_parser("train", help="train BatchTopK, Matryoshka and OrtSAE SAEs on one activation stream",
                        description="Train the SAEs of a run. Every TrainConfig field is also a flag (--k 32 --gamma 0.5).")
@@ -94,7 +97,7 @@ def train_cmd(args) -> dict:
     cfg = TrainConfig.from_dict(fields)
     run_dir = args.run_dir or f"runs/{args.preset}"
     run_cls = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:             # under torchrun: one data-parallel rank (chapter 11)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:             # under torchrun: one data-parallel rank (chapter 12)
         from ortsae.distributed import DistributedRun
         run_cls = DistributedRun
     run = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at, run_cls=run_cls)
@@ -112,6 +115,15 @@ def _print_summary(s: dict, run_dir: str):
         print(f"{k:16s} {v['mse']:8.4f} {v['ev']:6.3f} {v['l0']:6.1f} {v['dead']:6.1%} {ortho}")
     print(f"run folder: {run_dir} (config.json, log.jsonl, training.png, summary.json, saes/)")
 
+# %% ../nbs/90_cli.ipynb #cfb8e846
+def _add_downstream_flags(e):
+    e.add_argument("--evals", nargs="+", default=["table1", *EVALS], choices=["table1", *EVALS],
+                   help="which evaluations: table1 (chapters 05-08: reconstruction, geometry, absorption, CE/KL), and the "
+                        "downstream ones of chapter 09 (scr, tpp, sparse_probing)")
+    e.add_argument("--downstream-source", default="standin", choices=["standin", "hub"],
+                   help="texts for scr/tpp/sparse_probing: the offline stand-in, or SAEBench's datasets from the hub (internet)")
+    e.add_argument("--downstream-size", default="default", choices=list(SIZES), help="how many texts (chapter 09's SIZES)")
+
 # %% ../nbs/90_cli.ipynb #1715b1ca
 def _add_eval(sub):
     e = sub.add_parser("eval", help="evaluate every SAE of a run folder (metrics.json, metrics.png, a table)",
@@ -124,15 +136,10 @@ def _add_eval(sub):
     e.add_argument("--min-probe-f1", type=float, default=0.6, help="letters count when their probe's test F1 exceeds this")
     e.add_argument("--min-letters", type=int, default=20, help="fewest letters that must pass for absorption")
     e.add_argument("--device", default="auto", help="where to evaluate (auto: cuda when available, else cpu)")
-    e.add_argument("--evals", nargs="+", default=["table1", *EVALS], choices=["table1", *EVALS],
-                   help="which evaluations: table1 (chapters 05-08: reconstruction, geometry, absorption, CE/KL), and the "
-                        "downstream ones of chapter 09 (scr, tpp, sparse_probing)")
-    e.add_argument("--downstream-source", default="standin", choices=["standin", "hub"],
-                   help="texts for scr/tpp/sparse_probing: the offline stand-in, or SAEBench's datasets from the hub (internet)")
-    e.add_argument("--downstream-size", default="default", choices=list(SIZES), help="how many texts (chapter 09's SIZES)")
     e.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep each SAE's trained inference threshold instead of calibrating it to L0 = k on held-out tokens")
 
+    _add_downstream_flags(e)
 
 # %% ../nbs/90_cli.ipynb #0a666abc
 def _add_doctor(sub):
@@ -148,12 +155,25 @@ def _add_doctor(sub):
 
 # %% ../nbs/90_cli.ipynb #673ed349
 def _add_reproduce(sub):
-    r = sub.add_parser("reproduce", help="the paper's comparison over several seeds, with paired intervals and verdicts (chapter 13)",
+    r = sub.add_parser("reproduce", help="the paper's comparison over several seeds, with paired intervals and verdicts (chapter 14)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("config", choices=sorted(CONFIGS), help="cpu: offline, about an hour on 2 cores; gpu: a few GPU hours; paper; smoke: a minute")
     r.add_argument("--root", default=None, help="folder of the runs (default: runs/repro-<config>)")
     r.add_argument("--only", nargs="+", default=None, help="train and evaluate only these runs (e.g. k32-seed0): split the runs across processes")
     r.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
+
+# %% ../nbs/90_cli.ipynb #b1076a51
+def _add_features(sub):
+    f = sub.add_parser("features", help="cards of single latents and the paper's decomposition of composite features (chapter 10)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("run_dir", help="a run folder written by `ortsae train`")
+    f.add_argument("--sae", default="batchtopk", help="the SAE of the run whose latents get cards")
+    f.add_argument("--latents", type=int, nargs="+", default=None, help="latent indices (default: the 5 that fire most often)")
+    f.add_argument("--other", default=None, help="another SAE of the run, for each card's nearest latents in it")
+    f.add_argument("--tokens", type=int, default=50_000, help="held-out tokens the feature pass reads")
+    f.add_argument("--decompose", default=None, metavar="ATOMS",
+                   help="also decompose --sae's decoder into this SAE's (e.g. ortsae) and back, and print the fractions")
+    f.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
 
 # %% ../nbs/90_cli.ipynb #543c5205
 def _capture(args):
@@ -162,6 +182,7 @@ def _capture(args):
     print(f"  {s['seconds']} s, {s['tokens_per_s']:,} tokens/s end to end (reading, tokenizing, model); mean norm {s['mean_norm']}, "
           f"scaling factor {s['scaling_factor']}" + (f"; written to {s['out']}" if s["out"] else ""))
 
+# %% ../nbs/90_cli.ipynb #829a6094
 def _train(args):
     s = train_cmd(args)
     if os.environ.get("RANK", "0") == "0": _print_summary(s, args.run_dir or f"runs/{args.preset}")
@@ -169,6 +190,22 @@ def _train(args):
 def _doctor(args):
     rep = doctor(args.device, args.steps, [tuple(s) for s in args.size] if args.size else None, args.batch, args.out)
     print(f"doctor: every check passed on {rep['info']['name']}" + (f"; report in {args.out}" if args.out else ""))
+
+# %% ../nbs/90_cli.ipynb #9818b3fc
+def _features(args):
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    names = list(dict.fromkeys(n for n in (args.sae, args.other, args.decompose) if n))
+    fp, saes, model = run_features(args.run_dir, names, args.tokens, device=device)
+    latents = args.latents or fp["stats"][args.sae]["fires"].topk(5).indices.tolist()
+    cards = [latent_card(fp, saes, args.sae, j, model, other=args.other) for j in latents]
+    for c in cards: print(card_text(c) + "\n")
+    (Path(args.run_dir) / "features.html").write_text(cards_html(cards))
+    print(f"cards written to {args.run_dir}/features.html; the feature pass to {args.run_dir}/features.pt")
+    if args.decompose:
+        a, b = saes[args.sae].W_dec.detach(), saes[args.decompose].W_dec.detach()
+        for x, y, what in ((a, b, f"{args.sae} into {args.decompose}"), (b, a, f"{args.decompose} into {args.sae}")):
+            s = decomposition_summary(decompose(x, y))
+            print(f"{what}: {s['single']:.1%} match one latent, {s['composite']:.1%} decompose into several, {s['neither']:.1%} neither")
 
 # %% ../nbs/90_cli.ipynb #9ee41e2d
 def _eval(args):
@@ -188,6 +225,7 @@ def _eval_table1(args, device):
     print(table1(res))
     if res["absorption_error"]: print(f"absorption not computed: {res['absorption_error']}")
 
+# %% ../nbs/90_cli.ipynb #78ef7096
 def _reproduce(args):
     c, root = CONFIGS[args.config], Path(args.root or f"runs/repro-{args.config}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -201,14 +239,14 @@ def _reproduce(args):
     print(table1_seeds(res, c)); print(claims_markdown(claims(res, u, c), res, c, u))
     print(f"OrtSAE step / BatchTopK step with the penalty every 5th step: {t['ortsae'] / t['batchtopk']:.2f}")
 
-COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor, "reproduce": _reproduce}
-
 # %% ../nbs/90_cli.ipynb #20969467
+COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor, "reproduce": _reproduce, "features": _features}
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ortsae` console script."
     args = _parser().parse_args(argv)
     try: COMMANDS[args.cmd](args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, IndexError) as e:
         print(f"ortsae {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -90,7 +90,7 @@ class SparseDecode(torch.autograd.Function):
 # %% ../nbs/02_fast_step.ipynb #622c9cc1
 @patch
 def _select(self: BatchTopKSAE, pre: Tensor) -> Tensor:
-    "Sorted flat indices of the kept pre-activations (chapter 11 replaces this with a selection across processes)."
+    "Sorted flat indices of the kept pre-activations (chapter 12 replaces this with a selection across processes)."
     return exact_batch_topk(pre, self.k)
 
 @patch

@@ -14,7 +14,7 @@ from .geometry import *
 from .absorption import *
 
 # %% auto #0
-__all__ = ['calibrate_threshold', 'save_threshold', 'evaluate_run', 'table1']
+__all__ = ['calibrate_threshold', 'save_threshold', 'table1', 'evaluate_run']
 
 # %% ../nbs/08_evaluation.ipynb #3ba598ce
 def _train_position(run_dir: Path) -> tuple[int, bool, str]:
@@ -145,28 +145,6 @@ def _load_run(run_dir: Path, device: str):
     paths = {p.name: p for p in sorted((run_dir / "saes").iterdir()) if (p / "cfg.json").exists()}
     return TrainConfig.load(run_dir / "config.json"), paths, {k: load_sae(p).to(device) for k, p in paths.items()}
 
-# %% ../nbs/08_evaluation.ipynb #e250cfb8
-def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,
-                 absorption_words: int | None = 10_000, min_probe_f1: float = 0.6, min_letters: int = 20, device: str = "cpu",
-                 plot: bool = True, letters: dict | None = None, calibrate: bool = True, progress: bool = True) -> dict:
-    "Every metric for every SAE in a run folder, on held-out tokens; writes `metrics.json` (and `metrics.png`) there."
-    say, (cfg, paths, saes) = _status(progress), _load_run(Path(run_dir), device)
-    say(f"{len(saes)} SAEs; reading held-out activations"); acts, model, held = _heldout(cfg, Path(run_dir), n_tokens, device)
-    model, corpus = _ce_corpus(cfg, held, model, device) if ce_batches else (model, None)
-    say(f"{len(acts):,} held-out activations; CE/KL baselines on {ce_batches if corpus else 0} batches")
-    baselines = _ce_batches(model, cfg.hook, corpus, ce_batches, device) if corpus else []
-    out = dict(run=str(run_dir), n_tokens=len(acts), heldout=held, calibrated=calibrate, saes={}, absorption_error=None)
-    if absorption_words != 0 and letters is None:
-        say("letter probes for absorption (spelling prompts through the model)")
-        letters, out["absorption_error"] = _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters)
-    if letters: out["probe_f1"] = {chr(97 + l): round(letters["probe_f1"][l].item(), 3) for l in range(26)}
-    for name, sae in saes.items():
-        say(f"{name}: threshold, reconstruction, geometry, composition (meta-SAE), absorption, CE/KL")
-        out["saes"][name] = _sae_metrics(name, sae, paths[name], acts.to(device), letters, baselines, model, cfg, calibrate, composition_steps)
-    say("random-decoder baselines and unique features"); _add_baselines(out, saes, composition_steps, device)
-    _save(out, saes, Path(run_dir), plot); say(f"done: {run_dir}/metrics.json")
-    return out
-
 # %% ../nbs/08_evaluation.ipynb #090a65d3
 def _add_baselines(out: dict, saes: dict, composition_steps: int, device: str):
     "Unique features against BatchTopK for every other SAE, and the random-decoder row of every geometry metric."
@@ -204,3 +182,25 @@ def table1(results: dict) -> str:
     if (rd := results.get("random_decoder")):
         lines.append(f"{'random decoder':16s} {'':>10s} {'':>9s} {rd['mean_cos_sim']:10.3f} {rd['composition_rate']:10.3f}")
     return "\n".join(lines)
+
+# %% ../nbs/08_evaluation.ipynb #e250cfb8
+def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,
+                 absorption_words: int | None = 10_000, min_probe_f1: float = 0.6, min_letters: int = 20, device: str = "cpu",
+                 plot: bool = True, letters: dict | None = None, calibrate: bool = True, progress: bool = True) -> dict:
+    "Every metric for every SAE in a run folder, on held-out tokens; writes `metrics.json` (and `metrics.png`) there."
+    say, (cfg, paths, saes) = _status(progress), _load_run(Path(run_dir), device)
+    say(f"{len(saes)} SAEs; reading held-out activations"); acts, model, held = _heldout(cfg, Path(run_dir), n_tokens, device)
+    model, corpus = _ce_corpus(cfg, held, model, device) if ce_batches else (model, None)
+    say(f"{len(acts):,} held-out activations; CE/KL baselines on {ce_batches if corpus else 0} batches")
+    baselines = _ce_batches(model, cfg.hook, corpus, ce_batches, device) if corpus else []
+    out = dict(run=str(run_dir), n_tokens=len(acts), heldout=held, calibrated=calibrate, saes={}, absorption_error=None)
+    if absorption_words != 0 and letters is None:
+        say("letter probes for absorption (spelling prompts through the model)")
+        letters, out["absorption_error"] = _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters)
+    if letters: out["probe_f1"] = {chr(97 + l): round(letters["probe_f1"][l].item(), 3) for l in range(26)}
+    for name, sae in saes.items():
+        say(f"{name}: threshold, reconstruction, geometry, composition (meta-SAE), absorption, CE/KL")
+        out["saes"][name] = _sae_metrics(name, sae, paths[name], acts.to(device), letters, baselines, model, cfg, calibrate, composition_steps)
+    say("random-decoder baselines and unique features"); _add_baselines(out, saes, composition_steps, device)
+    _save(out, saes, Path(run_dir), plot); say(f"done: {run_dir}/metrics.json")
+    return out

@@ -139,7 +139,7 @@ def _ortho_loss(self, x: Tensor) -> dict[str, Tensor]:
         self.n_steps += 1
         if (self.n_steps - 1) % self.every == 0 and self.gamma > 0:
             p = chunked_penalty(self.W_dec, self.chunk_size, self.rng, margin=self.margin, absolute=self.absolute,
-                                shard=self.shard)   # (0, 1) here; chapter 11 splits the chunks across processes
+                                shard=self.shard)   # (0, 1) here; chapter 12 splits the chunks across processes
             out["loss"] = out["loss"] + self.gamma * self.every * self.shard[1] * p
             self.last_ortho = p.detach()                                  # a tensor: no wait for the GPU here
     out["ortho"] = torch.as_tensor(self.last_ortho, dtype=torch.float32, device=x.device)

@@ -162,7 +162,7 @@ def build_sae(kind: str, cfg: TrainConfig, d_in: int):
 
 # %% ../nbs/04_training.ipynb #5f670406
 # Transient bytes of one SAE's training step per (batch row x latent), on top of its weights, gradients and Adam state:
-# peak memory measured by `ortsae doctor` (chapter 12) on an H200, d 2304, m 16,384 and 65,536, batch 4,096, bf16
+# peak memory measured by `ortsae doctor` (chapter 13) on an H200, d 2304, m 16,384 and 65,536, batch 4,096, bf16
 # autocast (the larger of the two sizes' figures, rounded up).
 STEP_BYTES = {"batchtopk": 9, "matryoshka": 17, "ortsae": 10, "ort-matryoshka": 17}
 
@@ -256,7 +256,7 @@ class StepTimer:
 # %% ../nbs/04_training.ipynb #080f6e1e
 class Run:
     "A training run: config, SAEs with their optimizers and schedulers, the buffer, and where it is."
-    world, is_main = 1, True   # one process; chapter 11's DistributedRun is one of `world` ranks
+    world, is_main = 1, True   # one process; chapter 12's DistributedRun is one of `world` ranks
     def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None):
         self.cfg, self.dir = cfg, None if run_dir is None else Path(run_dir)
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
@@ -373,7 +373,7 @@ def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, Tensor]]:
 Run.train_step = _train_step
 
 # %% ../nbs/04_training.ipynb #4396361b
-# hooks that chapter 11 (data-parallel training) overrides; one process: nothing to do
+# hooks that chapter 12 (data-parallel training) overrides; one process: nothing to do
 Run.sync_grads = lambda self, sae: None          # average gradients across processes
 Run.sync_init = lambda self: None                # make every process start from the same SAEs
 
@@ -456,7 +456,7 @@ def _start(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, run_c
 def _checkpoint(run: Run, run_dir: Path, t0: float) -> float:
     "Save the run's state atomically (main process); return the new origin of the run's clock."
     run.seconds += time.perf_counter() - t0
-    state = run.state()                              # every process: chapter 11's state() communicates
+    state = run.state()                              # every process: chapter 12's state() communicates
     if run.is_main: atomic_save(state, run_dir / "checkpoint.pt")
     return time.perf_counter()
 

@@ -52,11 +52,11 @@ def test_probe_matches_scikit_learn(seed, C):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(120, 7, generator=g) * torch.rand(7, generator=g) * 5 + torch.randn(7, generator=g)
     y = ((x[:, 0] + torch.randn(120, generator=g)) > x[:, 0].median()).long()
-    w, b = fit_probe(x, y, C)
-    z = ((x - x.mean(0)) / x.std(0)).double().numpy()
-    clf = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(z, y.numpy())
-    torch.testing.assert_close((w * x.std(0)).double(), torch.from_numpy(clf.coef_[0]), atol=2e-4, rtol=2e-4)
-    assert accuracy((w, b), x, y) == pytest.approx(clf.score(z, y.numpy()), abs=1 / 120)
+    w, b = fit_probe(x, y, C)                                   # raw features, as SAEBench fits its probes
+    clf = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(x.double().numpy(), y.numpy())
+    torch.testing.assert_close(w.double(), torch.from_numpy(clf.coef_[0]), atol=2e-4, rtol=2e-4)
+    assert b == pytest.approx(float(clf.intercept_[0]), abs=2e-4)
+    assert accuracy((w, b), x, y) == pytest.approx(clf.score(x.double().numpy(), y.numpy()), abs=1 / 120)
 
 
 def test_scr_score_recomputed_by_hand():

@@ -1,4 +1,4 @@
-"""The reproduction's pieces (chapters 04, 08 and 13): passes over cached shards that resume exactly, held-out shards
+"""The reproduction's pieces (chapters 04, 08 and 14): passes over cached shards that resume exactly, held-out shards
 that evaluation finds, decoder snapshots, independent initialisations, and the paired statistics against SciPy."""
 import json, math
 from pathlib import Path
