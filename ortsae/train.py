@@ -72,6 +72,7 @@ class OptimConfig:
     wandb: bool = False                      # also log to Weights & Biases (needs `pip install wandb` and a login)
     wandb_project: str = "ortsae"            # Weights & Biases project
 
+# %% ../nbs/04_training.ipynb #24513f5f
 @dataclass
 class TrainConfig(OptimConfig, SAEConfig, DataConfig):
     "Everything a training run needs; the defaults are the paper's."
