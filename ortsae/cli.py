@@ -176,6 +176,10 @@ def _add_features(sub):
     f.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
 
 # %% ../nbs/90_cli.ipynb #543c5205
+def _device(name: str) -> str:
+    "`auto`: cuda when available, else cpu; any other name as given."
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
 def _capture(args):
     s = capture_cmd(args.model, args.hook, args.source, args.tokens, args.ctx_len, args.batch, args.out, args.shard_rows)
     print(f"captured {s['tokens']:,} activations of width {s['d_model']} from {s['model']} at {s['hook']}")
@@ -193,7 +197,7 @@ def _doctor(args):
 
 # %% ../nbs/90_cli.ipynb #9818b3fc
 def _features(args):
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = _device(args.device)
     names = list(dict.fromkeys(n for n in (args.sae, args.other, args.decompose) if n))
     fp, saes, model = run_features(args.run_dir, names, args.tokens, device=device)
     latents = args.latents or fp["stats"][args.sae]["fires"].topk(5).indices.tolist()
@@ -209,7 +213,7 @@ def _features(args):
 
 # %% ../nbs/90_cli.ipynb #9ee41e2d
 def _eval(args):
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = _device(args.device)
     if "table1" in args.evals: _eval_table1(args, device)
     if (down := [e for e in args.evals if e in EVALS]):
         print(f"downstream evaluations ({', '.join(down)}) on the {args.downstream_source} texts, size {args.downstream_size}", flush=True)
@@ -228,7 +232,7 @@ def _eval_table1(args, device):
 # %% ../nbs/90_cli.ipynb #78ef7096
 def _reproduce(args):
     c, root = CONFIGS[args.config], Path(args.root or f"runs/repro-{args.config}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = _device(args.device)
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     res = reproduce(c, root, device, dtype, only=args.only)
     done = [n for n in run_plan(c) if (root / n / "metrics.json").exists()]

@@ -406,8 +406,9 @@ def load_downstream_data(model_name: str, hook: str, source: str = "standin", si
         try: return torch.load(path, weights_only=True)
         except Exception: path.unlink()
     from ortsae.activations import load_model_for_hook
+    from ortsae.train import atomic_save
     data = downstream_data(load_model_for_hook(model_name, hook, device), hook, source, size, seed, progress=progress)
-    torch.save(data, path.with_suffix(".tmp")); path.with_suffix(".tmp").replace(path)
+    atomic_save(data, path)
     return data
 
 # %% ../nbs/09_downstream.ipynb #d870810a

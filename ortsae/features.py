@@ -47,14 +47,13 @@ def feature_pass(model, hook: str, saes: dict, source="shakespeare", n_tokens: i
                  batch_size: int = 8, skip: int = 0, k: int = 10, progress: bool = True) -> dict:
     "Top-`k` contexts, density and histograms of every latent of `saes` on `n_tokens` tokens of `source` (after `skip` batches)."
     from tqdm.auto import tqdm
-    from ortsae.activations import token_batches, special_ids, hook_layer
-    layer, drop, dev = hook_layer(model, hook), torch.tensor(special_ids(model.tokenizer)), model.cfg.device
+    from ortsae.activations import token_batches, special_ids, capture
+    drop, dev = special_ids(model.tokenizer), model.cfg.device
     stats, tokens, seen = {n: empty_stats(s.d_sae, k, s.W_dec.device) for n, s in saes.items()}, [], 0
     with tqdm(total=n_tokens, desc="feature pass", disable=not progress, leave=False) as bar:
         for toks in token_batches(model, source, ctx_len, batch_size, skip=skip):
-            _, cache = model.run_with_cache(toks.to(dev), names_filter=lambda n: n == hook, stop_at_layer=None if layer is None else layer + 1)
-            keep = ~torch.isin(toks.flatten(), drop); base = (len(tokens) * batch_size * ctx_len + torch.arange(toks.numel()))[keep]
-            x = cache[hook].reshape(-1, cache[hook].shape[-1])[keep.to(dev)].float()
+            keep = ~torch.isin(toks.flatten(), torch.tensor(drop)); base = (len(tokens) * batch_size * ctx_len + torch.arange(toks.numel()))[keep]
+            x = capture(model, toks.to(dev), hook, drop).float()          # chapter 00: the same positions dropped
             for n, s in saes.items(): update_stats(stats[n], s.encode(x.to(s.W_dec.device)), base.to(s.W_dec.device))
             tokens.append(toks.cpu()); seen += len(x); bar.update(len(x))
             if seen >= n_tokens: break
@@ -128,8 +127,8 @@ def cards_html(cards: list[dict]) -> str:
 # %% ../nbs/10_features.ipynb #4bc13a66
 def save_features(fp: dict, path: str | Path) -> Path:
     "Write a feature pass (plain tensors and numbers) atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fp, path.with_suffix(".tmp")); path.with_suffix(".tmp").replace(path); return path
+    from ortsae.train import atomic_save
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); atomic_save(fp, path); return path
 
 def load_features(path: str | Path) -> dict:
     "Read a feature pass saved by `save_features` (weights-only: loading runs no code)."
