@@ -16,7 +16,7 @@ from .train import Run, check_memory, make_config, model_dtype, shard_passes
 
 # %% auto #0
 __all__ = ['init_distributed', 'global_threshold', 'global_select', 'global_update_state', 'make_data_parallel',
-           'average_gradients', 'compare_with_single', 'rank_stream', 'DistributedRun', 'AgreedBuffer']
+           'average_gradients', 'compare_with_single', 'rank_stream', 'AgreedBuffer', 'DistributedRun']
 
 # %% ../nbs/12_distributed.ipynb #6772c0ad
 def init_distributed() -> tuple[int, int]:
@@ -42,6 +42,8 @@ def global_threshold(pre: Tensor, n: int) -> Tensor:
         if not more: return t
         L = min(pre.numel(), 2 * L)
 
+
+# %% ../nbs/12_distributed.ipynb #51ee9da1
 def global_select(sae: BatchTopKSAE, pre: Tensor) -> Tensor:
     "This rank's share of the batch top-k over all ranks: sorted flat indices of its entries >= the global threshold."
     n = len(pre) * sae.k * dist.get_world_size()
@@ -71,24 +73,13 @@ def make_data_parallel(sae: BatchTopKSAE) -> BatchTopKSAE:
     if isinstance(sae, Orthogonal): sae.shard = (dist.get_rank(), dist.get_world_size())
     return sae
 
+
+# %% ../nbs/12_distributed.ipynb #dd330eab
 def average_gradients(module: torch.nn.Module):
     "All-reduce and average every gradient of `module` (what DDP does, without its buckets and hooks)."
     world = dist.get_world_size()
     for p in module.parameters():
         if p.grad is not None: dist.all_reduce(p.grad); p.grad /= world
-
-# %% ../nbs/12_distributed.ipynb #6f20d22f
-def _dp_worker(rank: int, world: int, folder: str, steps: int, shape: tuple):
-    "One rank of `compare_with_single`."
-    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    out = {kind: _train_few(kind, steps, shape, rank, world, world) for kind in ("batchtopk", "matryoshka", "ortsae")}
-    W = out["ortsae"]["W_dec"]
-    chunks = random_partition(len(W), shape[1] // 4, torch.Generator().manual_seed(0))
-    part = chunked_penalty(W, chunks=chunks, shard=(rank, world)); dist.all_reduce(part)
-    out["penalty"] = (part.item(), chunked_penalty(W, chunks=chunks).item())
-    torch.save(out, f"{folder}/rank{rank}.pt")
-    dist.destroy_process_group()
 
 # %% ../nbs/12_distributed.ipynb #6a31d928
 def _train_few(kind: str, steps: int, shape: tuple, rank: int = 0, world: int = 1, n_parts: int = 2) -> dict:
@@ -106,6 +97,19 @@ def _train_few(kind: str, steps: int, shape: tuple, rank: int = 0, world: int = 
         if world > 1: average_gradients(sae)
         sae.remove_parallel_grad(); opt.step(); sae.normalize_decoder()
     return {n: t.detach().clone() for n, t in sae.state_dict().items() if torch.is_tensor(t)}
+
+# %% ../nbs/12_distributed.ipynb #6f20d22f
+def _dp_worker(rank: int, world: int, folder: str, steps: int, shape: tuple):
+    "One rank of `compare_with_single`."
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    out = {kind: _train_few(kind, steps, shape, rank, world, world) for kind in ("batchtopk", "matryoshka", "ortsae")}
+    W = out["ortsae"]["W_dec"]
+    chunks = random_partition(len(W), shape[1] // 4, torch.Generator().manual_seed(0))
+    part = chunked_penalty(W, chunks=chunks, shard=(rank, world)); dist.all_reduce(part)
+    out["penalty"] = (part.item(), chunked_penalty(W, chunks=chunks).item())
+    torch.save(out, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
 
 # %% ../nbs/12_distributed.ipynb #e292127d
 def compare_with_single(world: int = 2, steps: int = 4, shape: tuple = (16, 128, 4, 32)) -> dict:
@@ -134,31 +138,6 @@ def rank_stream(cfg, device: str, skip: int, rank: int, world: int, dtype: torch
     batches = islice(token_batches(model, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), rank, None, world)
     return (capture(model, t.to(device), cfg.hook) for t in batches), model.cfg.d_model
 
-# %% ../nbs/12_distributed.ipynb #190d0411
-class DistributedRun(Run):
-    "A training run that is one rank of a data-parallel group (see `train(..., run_cls=DistributedRun)`)."
-    def __init__(self, cfg, run_dir=None):
-        super().__init__(cfg, run_dir)
-        self.rank, self.world = init_distributed()
-        self.is_main = self.rank == 0
-        self.total_steps = cfg.total_tokens // (cfg.batch_size * self.world)   # tokens count over all ranks
-        if torch.cuda.is_available() and cfg.device in ("auto", "cuda"): self.device = f"cuda:{torch.cuda.current_device()}"
-
-# %% ../nbs/12_distributed.ipynb #a096bafe
-def _dist_setup(self: DistributedRun, skip: int = 0, scale: float | bool = True):
-    "This rank's stream and buffer (scale agreed with rank 0), then data-parallel SAEs."
-    c = self.cfg
-    self.check()
-    source, d_in = rank_stream(c, self.device, skip, self.rank, self.world, self.fix_lm_dtype())
-    check_memory(c, d_in, self.device)
-    self.buffer = AgreedBuffer(scaled_buffer(source, c.batch_size, c.buffer_size, c.seed + self.rank, scale, c.n_scale, self.device))
-    s = torch.tensor([self.buffer.scale], dtype=torch.float64, device=self.device); dist.broadcast(s, 0)
-    self.buffer.scale = s.item()
-    self.build(d_in)
-    for sae in self.saes.values(): make_data_parallel(sae)
-    return self
-DistributedRun.setup = _dist_setup
-
 # %% ../nbs/12_distributed.ipynb #8320cfbe
 class AgreedBuffer:
     "A buffer that serves a batch only when every rank has one."
@@ -175,6 +154,31 @@ class AgreedBuffer:
     @scale.setter
     def scale(self, v): self.buffer.scale = v
 
+# %% ../nbs/12_distributed.ipynb #190d0411
+class DistributedRun(Run):
+    "A training run that is one rank of a data-parallel group (see `train(..., run_cls=DistributedRun)`)."
+    def __init__(self, cfg, run_dir=None):
+        super().__init__(cfg, run_dir)
+        self.rank, self.world = init_distributed()
+        self.is_main = self.rank == 0
+        self.total_steps = cfg.total_tokens // (cfg.batch_size * self.world)   # tokens count over all ranks
+        if torch.cuda.is_available() and cfg.device in ("auto", "cuda"): self.device = f"cuda:{torch.cuda.current_device()}"
+
+# %% ../nbs/12_distributed.ipynb #a096bafe
+def _dist_setup(self: DistributedRun, skip: int = 0, scale: float | bool = True):
+    "This rank's stream and buffer (scale agreed with rank 0), then data-parallel SAEs."
+    c = self.cfg
+    self.check(); self.skip = skip                                # the global chunk this stream starts at
+    source, d_in = rank_stream(c, self.device, skip, self.rank, self.world, self.fix_lm_dtype())
+    check_memory(c, d_in, self.device)
+    self.buffer = AgreedBuffer(scaled_buffer(source, c.batch_size, c.buffer_size, c.seed + self.rank, scale, c.n_scale, self.device))
+    s = torch.tensor([self.buffer.scale], dtype=torch.float64, device=self.device); dist.broadcast(s, 0)
+    self.buffer.scale = s.item()
+    self.build(d_in)
+    for sae in self.saes.values(): make_data_parallel(sae)
+    return self
+DistributedRun.setup = _dist_setup
+
 # %% ../nbs/12_distributed.ipynb #92792402
 def _sync_grads(self: DistributedRun, sae): average_gradients(sae)
 
@@ -190,7 +194,7 @@ def _dist_state(self: DistributedRun) -> dict:
     "The run's state with the buffer reduced to a global stream position (all ranks must call this)."
     n = torch.tensor([self.buffer.n_chunks], device=self.device); dist.all_reduce(n, op=dist.ReduceOp.MAX)
     st = Run.state(self)
-    st["buffer"] = {**st["buffer"], "store": None, "served": 0, "exhausted": False, "n_chunks": int(n) * self.world}
+    st["buffer"] = {**st["buffer"], "store": None, "served": 0, "exhausted": False, "n_chunks": self.skip + int(n) * self.world}
     return st
 
 def _dist_restore(self: DistributedRun, state: dict):

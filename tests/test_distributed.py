@@ -1,4 +1,4 @@
-"Data-parallel training on CPU with gloo (notebook 07_distributed has the walk-through and the 2 -> 1 rank resume)."
+"Data-parallel training on CPU with gloo (chapter 12_distributed has the walk-through and the 2 -> 1 rank resume)."
 import json, os, subprocess, sys
 import torch
 from ortsae.distributed import compare_with_single
@@ -11,19 +11,23 @@ def test_two_ranks_equal_one_process_on_the_whole_batch():
     assert abs(diffs["penalty"][0] - diffs["penalty"][1]) < 1e-6
 
 
-def test_torchrun_train_then_resume_with_two_ranks(tmp_path):
+def test_torchrun_train_then_resume_twice_with_two_ranks(tmp_path):
     write_shards((torch.randn(512, 16, generator=torch.Generator().manual_seed(i)) for i in range(40)), tmp_path / "acts",
                  shard_rows=512)
     args = ["train", "--source", f"shards:{tmp_path / 'acts'}", "--d-sae", "128", "--k", "4", "--batch-size", "64",
             "--chunk-size", "32", "--total-tokens", "4096", "--buffer-size", "512", "--n-scale", "256",
             "--checkpoint-every", "4", "--log-every", "2", "--saes", "batchtopk", "ortsae", "--run-dir", str(tmp_path / "run")]
-    run = lambda *extra: subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                          "-m", "ortsae.cli", *args, *extra], capture_output=True, text=True,
                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     first = run("--stop-at", "8")
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 8 and ckpt["tokens"] == 8 * 2 * 64 and ckpt["buffer"]["store"] is None
+    mid = run("--resume", "--stop-at", "16")                              # a second stop: its position must move on
+    assert mid.returncode == 0, mid.stderr[-3000:]
+    ckpt2 = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt2["step"] == 16 and ckpt2["buffer"]["n_chunks"] == 2 * ckpt["buffer"]["n_chunks"], (ckpt["buffer"], ckpt2["buffer"])
     second = run("--resume")
     assert second.returncode == 0, second.stderr[-3000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
