@@ -11,8 +11,15 @@ from torch import nn, Tensor
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['SAE_CLASSES', 'BatchTopKSAE', 'check_sizes', 'check_input', 'batch_topk', 'smallest_positive', 'geometric_median',
+__all__ = ['SAE_CLASSES', 'check_sizes', 'BatchTopKSAE', 'check_input', 'batch_topk', 'smallest_positive', 'geometric_median',
            'explained_variance', 'MatryoshkaSAE', 'default_groups', 'load_sae']
+
+# %% ../nbs/01_sae.ipynb #3b18df0d
+def check_sizes(d_in: int, d_sae: int, k: int, k_aux: int = 1):
+    "Raise a `ValueError` naming the bad value if the SAE's sizes don't fit together."
+    for name, v in dict(d_in=d_in, d_sae=d_sae, k=k, k_aux=k_aux).items():
+        if not isinstance(v, int) or v < 1: raise ValueError(f"{name}={v!r} must be a positive integer.")
+    if k > d_sae: raise ValueError(f"k={k} is larger than the dictionary (d_sae={d_sae}): choose k <= d_sae.")
 
 # %% ../nbs/01_sae.ipynb #3ff62181
 class BatchTopKSAE(nn.Module):
@@ -32,13 +39,6 @@ class BatchTopKSAE(nn.Module):
         self.b_enc, self.b_dec = nn.Parameter(torch.zeros(d_sae, device="cpu")), nn.Parameter(torch.zeros(d_in, device="cpu"))
         self.register_buffer("threshold", torch.tensor(-1.0, device="cpu"))          # < 0: not estimated yet
         self.register_buffer("since_fired", torch.zeros(d_sae, dtype=torch.long, device="cpu"))
-
-# %% ../nbs/01_sae.ipynb #3b18df0d
-def check_sizes(d_in: int, d_sae: int, k: int, k_aux: int = 1):
-    "Raise a `ValueError` naming the bad value if the SAE's sizes don't fit together."
-    for name, v in dict(d_in=d_in, d_sae=d_sae, k=k, k_aux=k_aux).items():
-        if not isinstance(v, int) or v < 1: raise ValueError(f"{name}={v!r} must be a positive integer.")
-    if k > d_sae: raise ValueError(f"k={k} is larger than the dictionary (d_sae={d_sae}): choose k <= d_sae.")
 
 # %% ../nbs/01_sae.ipynb #e2bcba43
 def check_input(x: Tensor, d_in: int) -> Tensor:

@@ -18,7 +18,7 @@ from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size
 __all__ = ['PRESETS', 'POSITIVE', 'SAE_KINDS', 'STEP_BYTES', 'RUN_FILES', 'DataConfig', 'SAEConfig', 'OptimConfig', 'TrainConfig',
            'check_values', 'make_config', 'parse_kind', 'build_sae', 'memory_needed', 'check_memory', 'lr_factor',
            'shard_passes', 'model_dtype', 'activation_source', 'atomic_save', 'snapshot', 'load_snapshots', 'StepTimer',
-           'Run', 'load_checkpoint', 'read_logs', 'train', 'finish', 'plot_run']
+           'Run', 'load_checkpoint', 'read_logs', 'plot_run', 'finish', 'train']
 
 # %% ../nbs/04_training.ipynb #a587c512
 @dataclass
@@ -298,6 +298,8 @@ def _fix_lm_dtype(self: Run) -> torch.dtype:
     return getattr(torch, self.lm_dtype)
 Run.fix_lm_dtype = _fix_lm_dtype
 
+
+# %% ../nbs/04_training.ipynb #01fdeed8
 def _setup(self: Run, skip: int = 0, scale: float | bool = True):
     "The activation source and buffer of the config, then the SAEs."
     c = self.cfg
@@ -336,13 +338,6 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     return state
 
 # %% ../nbs/04_training.ipynb #fb85640e
-def _restore(self: Run, state: dict):
-    "Continue from `state`: rebuild the source skipped to the buffer's position, then load every piece."
-    self.lm_dtype = state.get("model_dtype", "float32")   # the dtype the run started with (older checkpoints: fp32)
-    self.setup(skip=state["buffer"]["n_chunks"], scale=state["buffer"]["scale"])
-    self.buffer.load_state_dict(state["buffer"])
-    return self.load_state(state)
-
 def _load_state(self: Run, state: dict):
     "Load the SAEs, optimizers, schedules, counters and RNGs of `state` (everything but the buffer)."
     for k in self.saes:
@@ -353,7 +348,18 @@ def _load_state(self: Run, state: dict):
     self.total_steps = self.step + (self.cfg.total_tokens - self.tokens) // (self.cfg.batch_size * self.world)
     torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"])
     return self
-Run.restore, Run.load_state = _restore, _load_state
+Run.load_state = _load_state
+
+
+# %% ../nbs/04_training.ipynb #8ca7b863
+def _restore(self: Run, state: dict):
+    "Continue from `state`: rebuild the source skipped to the buffer's position, then load every piece."
+    self.lm_dtype = state.get("model_dtype", "float32")   # the dtype the run started with (older checkpoints: fp32)
+    self.setup(skip=state["buffer"]["n_chunks"], scale=state["buffer"]["scale"])
+    self.buffer.load_state_dict(state["buffer"])
+    return self.load_state(state)
+Run.restore = _restore
+
 
 # %% ../nbs/04_training.ipynb #2f924e50
 def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, Tensor]]:
@@ -469,27 +475,33 @@ def _log(run: Run, logs: dict, t0: float, log, wb, bar):
     if wb: wb.log(line, step=run.step)
     bar.set_postfix_str(_postfix(logs), refresh=False)
 
-# %% ../nbs/04_training.ipynb #792d0507
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          stop_at: int | None = None, progress: bool = True, run_cls: type | None = None) -> Run:
-    "Train every SAE in `cfg.saes` on one activation stream; write logs, checkpoints and the final SAEs to `run_dir`."
-    from tqdm.auto import tqdm
-    run_dir = Path(run_dir); run = _start(cfg, run_dir, resume, overwrite, run_cls)
-    wb, end = _wandb(cfg, run_dir) if run.is_main else None, run.total_steps if stop_at is None else min(stop_at, run.total_steps)
-    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (progress and run.is_main), dynamic_ncols=True)
-    t0, ran_out = time.perf_counter(), False
-    with open(run_dir / "log.jsonl", "a") if run.is_main else open(os.devnull, "w") as log:
-        while run.step < end:
-            if (x := next(run.buffer, None)) is None: print(f"The corpus ran out after {run.tokens:,} tokens."); ran_out = True; break
-            logs = run.train_step(x)
-            if run.step % cfg.log_every == 0 or run.step == end: _log(run, logs, t0, log, wb, bar)
-            if run.step % cfg.checkpoint_every == 0 or run.step == end: t0 = _checkpoint(run, run_dir, t0)
-            if cfg.snapshot_every and run.step % cfg.snapshot_every == 0 and run.is_main: snapshot(run.saes, run.step, run.tokens, run_dir)
-            bar.update(1)
-    bar.close()
-    if ran_out: _checkpoint(run, run_dir, t0)    # records that the whole source was read: evaluation has nothing held out
-    if (run.step >= run.total_steps or ran_out) and run.is_main: finish(run)
-    return run
+# %% ../nbs/04_training.ipynb #9a9d0806
+def _steps(run: Run, end: int, log, wb, bar) -> bool:
+    "Step `run` until step `end`, logging and checkpointing on schedule; True if the data ran out first."
+    c, t0 = run.cfg, time.perf_counter()
+    while run.step < end:
+        if (x := next(run.buffer, None)) is None:
+            print(f"The corpus ran out after {run.tokens:,} tokens."); _checkpoint(run, run.dir, t0); return True
+        logs = run.train_step(x)
+        if run.step % c.log_every == 0 or run.step == end: _log(run, logs, t0, log, wb, bar)
+        if run.step % c.checkpoint_every == 0 or run.step == end: t0 = _checkpoint(run, run.dir, t0)
+        if c.snapshot_every and run.step % c.snapshot_every == 0 and run.is_main: snapshot(run.saes, run.step, run.tokens, run.dir)
+        bar.update(1)
+    return False
+
+# %% ../nbs/04_training.ipynb #9911803b
+def plot_run(run_dir: str | Path, save: bool = True):
+    "MSE, explained variance, L0 and dead fraction against tokens for every SAE of a run."
+    import matplotlib.pyplot as plt
+    log = [json.loads(l) for l in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    kinds = [k for k in log[-1] if isinstance(log[-1][k], dict)]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 2.8))
+    for ax, metric in zip(axes, ["mse", "ev", "l0", "dead"]):
+        for k in kinds: ax.plot([r["tokens"] for r in log], [r[k][metric] for r in log], label=k)
+        ax.set_xlabel("tokens"); ax.set_title(metric)
+    axes[0].set_yscale("log"); axes[0].legend(fontsize=8); fig.tight_layout()
+    if save: fig.savefig(Path(run_dir) / "training.png", dpi=100)
+    return fig
 
 # %% ../nbs/04_training.ipynb #8d67a1b9
 def finish(run: Run):
@@ -508,16 +520,15 @@ def finish(run: Run):
     plt.close(plot_run(run.dir))
     return summary
 
-# %% ../nbs/04_training.ipynb #9911803b
-def plot_run(run_dir: str | Path, save: bool = True):
-    "MSE, explained variance, L0 and dead fraction against tokens for every SAE of a run."
-    import matplotlib.pyplot as plt
-    log = [json.loads(l) for l in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
-    kinds = [k for k in log[-1] if isinstance(log[-1][k], dict)]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 2.8))
-    for ax, metric in zip(axes, ["mse", "ev", "l0", "dead"]):
-        for k in kinds: ax.plot([r["tokens"] for r in log], [r[k][metric] for r in log], label=k)
-        ax.set_xlabel("tokens"); ax.set_title(metric)
-    axes[0].set_yscale("log"); axes[0].legend(fontsize=8); fig.tight_layout()
-    if save: fig.savefig(Path(run_dir) / "training.png", dpi=100)
-    return fig
+# %% ../nbs/04_training.ipynb #792d0507
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+          stop_at: int | None = None, progress: bool = True, run_cls: type | None = None) -> Run:
+    "Train every SAE in `cfg.saes` on one activation stream; write logs, checkpoints and the final SAEs to `run_dir`."
+    from tqdm.auto import tqdm
+    run_dir = Path(run_dir); run = _start(cfg, run_dir, resume, overwrite, run_cls)
+    wb, end = _wandb(cfg, run_dir) if run.is_main else None, run.total_steps if stop_at is None else min(stop_at, run.total_steps)
+    bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (progress and run.is_main), dynamic_ncols=True)
+    with open(run_dir / "log.jsonl", "a") if run.is_main else open(os.devnull, "w") as log: ran_out = _steps(run, end, log, wb, bar)
+    bar.close()
+    if (run.step >= run.total_steps or ran_out) and run.is_main: finish(run)
+    return run
