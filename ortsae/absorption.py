@@ -12,8 +12,8 @@ from .orthogonality import cosine_matrix
 
 # %% auto #0
 __all__ = ['absorption_scores', 'letter_words', 'icl_prompt', 'letter_activations', 'fit_logistic', 'f1_scores', 'train_probe',
-           'adam_probe', 'rank_latents', 'main_latents', 'letter_probes', 'letter_data', 'bootstrap_ci',
-           'letter_scores', 'first_letter_absorption']
+           'adam_probe', 'rank_latents', 'main_latents', 'letter_probes', 'bootstrap_ci', 'letter_scores',
+           'first_letter_absorption', 'letter_data']
 
 # %% ../nbs/07_absorption.ipynb #b9d67e9e
 @torch.no_grad()
@@ -161,15 +161,6 @@ def letter_probes(x: Tensor, y: Tensor, split: int, min_probe_f1: float = 0.6, m
                          f"the model spells too poorly at {where}. Lower min_probe_f1/min_letters, use more words, or a larger model.")
     return dict(x=x, y=y, split=split, probe=probe, probe_f1=f1, letters=letters)
 
-# %% ../nbs/07_absorption.ipynb #a0a24627
-def letter_data(model, hook: str, n_words: int | None = 3000, min_probe_f1: float = 0.6, min_letters: int = 20, seed: int = 0) -> dict:
-    "Words, activations, 80/20 split and ground-truth letter probes for `model` at `hook`."
-    words = letter_words(model.tokenizer, n_words, seed=seed)
-    split = int(0.8 * len(words))
-    x = letter_activations(model, hook, words, words[:split], seed=seed)
-    y = torch.tensor([ord(w[0].lower()) - 97 for w in words])
-    return dict(words=words, **letter_probes(x, y, split, min_probe_f1, min_letters, where=hook))
-
 # %% ../nbs/07_absorption.ipynb #5cb3e8bc
 def bootstrap_ci(groups: list[Tensor], n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     "Percentile interval of the mean over groups of each group's mean, resampling items within each group."
@@ -215,3 +206,12 @@ def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e
         per[chr(97 + l)] = dict(absorption=sc[0].mean().item(), full_absorption=sc[1].float().mean().item(),
                                 main_latents=ml, k_sparse_f1=[round(v, 4) for v in f1s], n_words=len(sc[0]))
     return _summary(fr, fu, per, n_boot)
+
+# %% ../nbs/07_absorption.ipynb #a0a24627
+def letter_data(model, hook: str, n_words: int | None = 3000, min_probe_f1: float = 0.6, min_letters: int = 20, seed: int = 0) -> dict:
+    "Words, activations, 80/20 split and ground-truth letter probes for `model` at `hook`."
+    words = letter_words(model.tokenizer, n_words, seed=seed)
+    split = int(0.8 * len(words))
+    x = letter_activations(model, hook, words, words[:split], seed=seed)
+    y = torch.tensor([ord(w[0].lower()) - 97 for w in words])
+    return dict(words=words, **letter_probes(x, y, split, min_probe_f1, min_letters, where=hook))

@@ -50,13 +50,6 @@ def _add_capture(sub):
     c.add_argument("--out", default=None, help="folder to write activation shards to")
     c.add_argument("--shard-rows", type=int, default=65536, help="activations per shard file (evaluation reads the shards training did not)")
 
-# %% ../nbs/90_cli.ipynb #84eca1d6
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ortsae", description="Orthogonal sparse autoencoders: capture, train, evaluate.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    for add in (_add_capture, _add_train, _add_eval, _add_doctor, _add_reproduce, _add_features): add(sub)
-    return p
-
 # %% ../nbs/90_cli.ipynb #f82b7ca9
 def _value(s: str):
     try: return json.loads(s)
@@ -174,6 +167,13 @@ def _add_features(sub):
     f.add_argument("--decompose", default=None, metavar="ATOMS",
                    help="also decompose --sae's decoder into this SAE's (e.g. ortsae) and back, and print the fractions")
     f.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
+
+# %% ../nbs/90_cli.ipynb #84eca1d6
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ortsae", description="Orthogonal sparse autoencoders: capture, train, evaluate.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_capture, _add_train, _add_eval, _add_doctor, _add_reproduce, _add_features): add(sub)
+    return p
 
 # %% ../nbs/90_cli.ipynb #543c5205
 def _device(name: str) -> str:

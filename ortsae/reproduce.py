@@ -131,20 +131,27 @@ def run_results(run: Path) -> dict:
     return out
 
 # %% ../nbs/14_reproduction.ipynb #ffd2d336
+def _run_one(c: dict, root: Path, name: str, k: int, seed: int, source: str, train_shards: int, device: str, dtype, progress: bool) -> Path:
+    "Train, then evaluate, one run of the plan unless that is done (a stopped run resumes)."
+    run, tokens = root / name, c["tokens"] if k == c["k"] else c.get("sweep_tokens", c["tokens"])   # the sweep may be shorter
+    if not (run / "summary.json").exists():
+        train(run_config(c, k, seed, source, train_shards, total_tokens=tokens), run, resume=(run / "checkpoint.pt").exists(),
+              progress=progress)
+    if not (run / "metrics.json").exists():
+        evaluate_run(run, n_tokens=c["eval_tokens"], ce_batches=c["ce_batches"], composition_steps=c["composition_steps"],
+                     absorption_words=0, letters=_letters(c, root, device, dtype), device=device, progress=progress)
+    return run
+
+# %% ../nbs/14_reproduction.ipynb #c1a3e9a0
 def reproduce(c: dict, root: str | Path, device: str = "cpu", dtype=torch.float32, only: list[str] | None = None,
               progress: bool = True) -> dict:
     "Train and evaluate every run of `run_plan(c)` (or those named in `only`) under `root`; reuse what is there."
-    root = Path(root); out, t0, data = {}, time.perf_counter(), None
+    plan, root, out, t0, data = run_plan(c), Path(root), {}, time.perf_counter(), None
+    if unknown := sorted(set(only or []) - set(plan)): raise ValueError(f"No run named {unknown} in this plan: choose from {list(plan)}.")
     source, train_shards = _source(c, root, device, dtype, progress)
-    for name, (k, seed) in run_plan(c).items():
+    for name, (k, seed) in plan.items():
         if only is not None and name not in only: continue
-        run, tokens = root / name, c["tokens"] if k == c["k"] else c.get("sweep_tokens", c["tokens"])   # the sweep may be shorter
-        if not (run / "summary.json").exists():
-            train(run_config(c, k, seed, source, train_shards, total_tokens=tokens), run, resume=(run / "checkpoint.pt").exists(),
-                  progress=progress)
-        if not (run / "metrics.json").exists():
-            evaluate_run(run, n_tokens=c["eval_tokens"], ce_batches=c["ce_batches"], composition_steps=c["composition_steps"],
-                         absorption_words=0, letters=_letters(c, root, device, dtype), device=device, progress=progress)
+        run = _run_one(c, root, name, k, seed, source, train_shards, device, dtype, progress)
         data = _downstream(c, run, device, progress, data)
         out[name] = run_results(run)
     print(f"{len(out)} runs trained, evaluated or loaded in {time.perf_counter() - t0:.0f} s")

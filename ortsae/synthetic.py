@@ -16,7 +16,7 @@ from .metrics import mean_cos_sim
 from .activations import norm_scaling_factor
 
 # %% auto #0
-__all__ = ['SYN_CONFIG', 'COLUMNS', 'true_dictionary', 'SyntheticData', 'check_synthetic', 'firing_probabilities',
+__all__ = ['SYN_CONFIG', 'COLUMNS', 'true_dictionary', 'check_synthetic', 'firing_probabilities', 'SyntheticData',
            'match_latents', 'uniqueness', 'detection_scores', 'absorption', 'composed', 'ground_truth_metrics',
            'train_variants', 'score_variants', 'summarize', 'paired_differences', 'diff_table', 'table',
            'plot_variants']
@@ -29,6 +29,33 @@ def true_dictionary(n_features: int, d: int, spread: int = 0, seed: int = 0) -> 
     for _ in range(spread):
         opt.zero_grad(); full_penalty(W).backward(); opt.step()
     return F.normalize(W.detach(), dim=1)
+
+# %% ../nbs/11_synthetic.ipynb #188afa20
+def check_synthetic(n_features, d, n_parents, n_children, p_child, mean_l0, corr, corr_size):
+    "Raise a `ValueError` for settings that can't describe a feature set."
+    for name, v in dict(n_features=n_features, d=d, corr_size=corr_size).items():
+        if not isinstance(v, int) or v < 1: raise ValueError(f"{name}={v!r} must be a positive integer.")
+    if n_parents < 0 or n_children < 0: raise ValueError("n_parents and n_children must be >= 0.")
+    if n_parents * (1 + n_children) > n_features:
+        raise ValueError(f"{n_parents} parents with {n_children} children each need {n_parents * (1 + n_children)} "
+                         f"features, more than n_features={n_features}: use fewer, or more features.")
+    for name, v in dict(p_child=p_child, corr=corr).items():
+        if not 0 <= v <= 1: raise ValueError(f"{name}={v!r} is a probability/correlation: it must be in [0, 1].")
+    if not 0 < mean_l0 <= n_features: raise ValueError(f"mean_l0={mean_l0!r} must be in (0, n_features].")
+
+# %% ../nbs/11_synthetic.ipynb #5e4d5710
+def firing_probabilities(data, mean_l0: float, zipf: float, seed: int = 0) -> Tensor:
+    "Per-feature *unconditional* firing probabilities: Zipf-like at the top level, scaled so the mean L0 is `mean_l0`."
+    top = (data.parent_of < 0).nonzero().squeeze(1)
+    w = (torch.arange(len(top)) + 1.0) ** -zipf
+    w = w[torch.randperm(len(w), generator=torch.Generator().manual_seed(seed + 1))]
+    kids = data.p_child * (1 if data.exclusive else data.K) if data.K else 0.0   # expected children per active parent
+    per_l0 = torch.where(top < data.P, 1 + kids, 1.0)               # a parent brings its children along
+    p = torch.zeros(data.N)
+    p[top] = (w * mean_l0 / (w * per_l0).sum()).clamp(max=1)
+    child = data.parent_of >= 0
+    p[child] = p[data.parent_of[child]] * data.p_child / (data.K if data.exclusive else 1)
+    return p
 
 # %% ../nbs/11_synthetic.ipynb #001e5062
 class SyntheticData:
@@ -47,32 +74,16 @@ class SyntheticData:
         self.scale = 1.0        # then, like real activations (chapter 00): E||x||^2 = d
         self.scale = norm_scaling_factor(self.sample(20_000, torch.Generator().manual_seed(seed + 7))[0])
 
-# %% ../nbs/11_synthetic.ipynb #188afa20
-def check_synthetic(n_features, d, n_parents, n_children, p_child, mean_l0, corr, corr_size):
-    "Raise a `ValueError` for settings that can't describe a feature set."
-    for name, v in dict(n_features=n_features, d=d, corr_size=corr_size).items():
-        if not isinstance(v, int) or v < 1: raise ValueError(f"{name}={v!r} must be a positive integer.")
-    if n_parents < 0 or n_children < 0: raise ValueError("n_parents and n_children must be >= 0.")
-    if n_parents * (1 + n_children) > n_features:
-        raise ValueError(f"{n_parents} parents with {n_children} children each need {n_parents * (1 + n_children)} "
-                         f"features, more than n_features={n_features}: use fewer, or more features.")
-    for name, v in dict(p_child=p_child, corr=corr).items():
-        if not 0 <= v <= 1: raise ValueError(f"{name}={v!r} is a probability/correlation: it must be in [0, 1].")
-    if not 0 < mean_l0 <= n_features: raise ValueError(f"mean_l0={mean_l0!r} must be in (0, n_features].")
-
-# %% ../nbs/11_synthetic.ipynb #5e4d5710
-def firing_probabilities(data: SyntheticData, mean_l0: float, zipf: float, seed: int = 0) -> Tensor:
-    "Per-feature *unconditional* firing probabilities: Zipf-like at the top level, scaled so the mean L0 is `mean_l0`."
-    top = (data.parent_of < 0).nonzero().squeeze(1)
-    w = (torch.arange(len(top)) + 1.0) ** -zipf
-    w = w[torch.randperm(len(w), generator=torch.Generator().manual_seed(seed + 1))]
-    kids = data.p_child * (1 if data.exclusive else data.K) if data.K else 0.0   # expected children per active parent
-    per_l0 = torch.where(top < data.P, 1 + kids, 1.0)               # a parent brings its children along
-    p = torch.zeros(data.N)
-    p[top] = (w * mean_l0 / (w * per_l0).sum()).clamp(max=1)
-    child = data.parent_of >= 0
-    p[child] = p[data.parent_of[child]] * data.p_child / (data.K if data.exclusive else 1)
-    return p
+# %% ../nbs/11_synthetic.ipynb #c4fcb0da
+@patch
+def _children(self: SyntheticData, parents: Tensor, g: torch.Generator | None) -> Tensor:
+    "Which children fire `(n, P*K)`, given which parents fire `(n, P)`."
+    n, P, K = len(parents), self.P, self.K
+    if self.exclusive:
+        on = parents & (torch.rand(n, P, generator=g) < self.p_child)
+        pick = F.one_hot(torch.randint(K, (n, P), generator=g), K).bool() if K else torch.zeros(n, P, 0, dtype=torch.bool)
+        return (pick & on[..., None]).reshape(n, P * K)
+    return (parents[..., None] & (torch.rand(n, P, K, generator=g) < self.p_child)).reshape(n, P * K)
 
 # %% ../nbs/11_synthetic.ipynb #2eaccbbf
 @patch
@@ -89,17 +100,6 @@ def sample(self: SyntheticData, n: int, generator: torch.Generator | None = None
     c[:, self.P:self.P * (1 + self.K)] = self._children(c[:, :self.P] > 0, g).float()
     c = c * (1 + self.mag_std * torch.randn(n, self.N, generator=g)).clamp_min(0.05)
     return self.scale * (c @ self.D + self.noise * torch.randn(n, self.d, generator=g)), c
-
-# %% ../nbs/11_synthetic.ipynb #c4fcb0da
-@patch
-def _children(self: SyntheticData, parents: Tensor, g: torch.Generator | None) -> Tensor:
-    "Which children fire `(n, P*K)`, given which parents fire `(n, P)`."
-    n, P, K = len(parents), self.P, self.K
-    if self.exclusive:
-        on = parents & (torch.rand(n, P, generator=g) < self.p_child)
-        pick = F.one_hot(torch.randint(K, (n, P), generator=g), K).bool() if K else torch.zeros(n, P, 0, dtype=torch.bool)
-        return (pick & on[..., None]).reshape(n, P * K)
-    return (parents[..., None] & (torch.rand(n, P, K, generator=g) < self.p_child)).reshape(n, P * K)
 
 # %% ../nbs/11_synthetic.ipynb #4225ddcd
 @patch
@@ -185,6 +185,7 @@ SYN_CONFIG = dict(d_sae=256, k=5, k_aux=64, batch_size=1024, lr=4e-3, warmup_ste
                   chunk_size=256, group_sizes=[16, 32, 64, 144], gamma=0.25,
                   init="shared")   # seed s of every variant starts from the same weights: variants are paired by init too
 
+# %% ../nbs/11_synthetic.ipynb #8e3bf4aa
 def train_variants(data: SyntheticData, variants: dict[str, dict], steps: int = 1000, seeds: int = 3,
                    progress: bool = True, **overrides) -> dict[str, list]:
     "Train each variant (`name: {'kind': ..., config overrides}`) for `seeds` seeds on one shared stream."
@@ -232,6 +233,7 @@ def paired_differences(scores: dict[str, list[dict]], base: str = "BatchTopK", l
             out[name][k] = (d.mean().item(), d.mean().item() - h, d.mean().item() + h)
     return out
 
+# %% ../nbs/11_synthetic.ipynb #6dc27de5
 def diff_table(diffs: dict, columns: list[str] = ("mcc", "absorption", "mean_cos_sim", "ev"), base: str = "BatchTopK") -> str:
     "A markdown table of paired differences `mean [low, high]`."
     head = f"| variant - {base} | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"

@@ -210,6 +210,7 @@ def model_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
     if cfg.model_dtype != "auto": return getattr(torch, cfg.model_dtype)
     return torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
 
+# %% ../nbs/04_training.ipynb #233af9c6
 def activation_source(cfg: TrainConfig, device: str, skip: int = 0, dtype: torch.dtype | None = None):
     "An iterator of activation chunks for `cfg`, fast-forwarded by `skip` chunks, and its width `d_in` (`dtype`: the model's)."
     if cfg.source.startswith("shards:"):
@@ -266,6 +267,8 @@ class Run:
         self.sae_seconds: dict[str, float] = {}   # time spent in each SAE's steps (the model's forward is shared)
         self.timer = StepTimer(self.sae_seconds, self.device)
         self.lm_dtype: str | None = None          # the language model's dtype, resolved once (`setup`) and checkpointed
+    def sync_grads(self, sae): pass              # hook: chapter 12 averages gradients across processes here
+    def sync_init(self): pass                    # hook: chapter 12 starts every process from rank 0's SAEs
 
 # %% ../nbs/04_training.ipynb #0d122b59
 def _check(self: Run):
@@ -378,11 +381,6 @@ def _train_step(self: Run, x: Tensor) -> dict[str, dict[str, Tensor]]:
     self.step += 1; self.tokens += len(x) * self.world
     return logs
 Run.train_step = _train_step
-
-# %% ../nbs/04_training.ipynb #4396361b
-# hooks that chapter 12 (data-parallel training) overrides; one process: nothing to do
-Run.sync_grads = lambda self, sae: None          # average gradients across processes
-Run.sync_init = lambda self: None                # make every process start from the same SAEs
 
 # %% ../nbs/04_training.ipynb #11cee4f0
 def read_logs(logs: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, float]]:
