@@ -49,26 +49,30 @@ def icl_prompt(word: str, examples: list[str]) -> str:
     "SAEBench's in-context spelling prompt ending in `{word} has the first letter:`."
     return "".join(f"{w} has the first letter: {w[0].upper()}\n" for w in examples) + f"{word} has the first letter:"
 
+# %% ../nbs/07_absorption.ipynb #73e33532
+def _spelling_ids(tok, words: list[str], icl_words: list[str], n_icl: int, rng) -> tuple[list[list[int]], list[int]]:
+    "Token ids of each word's ICL prompt (BOS first, `n_icl` examples drawn by `rng`) and the position of the word's token."
+    suffix = len(tok(" has the first letter:", add_special_tokens=False)["input_ids"])
+    ids = [[tok.bos_token_id] + tok(icl_prompt(w, rng.sample(icl_words, n_icl)), add_special_tokens=False)["input_ids"] for w in words]
+    pos = [len(i) - suffix - 1 for i in ids]
+    assert all(tok.convert_ids_to_tokens(i[q]) == w for i, q, w in zip(ids, pos, words))   # the read-out is the word itself
+    return ids, pos
+
 # %% ../nbs/07_absorption.ipynb #5b2cd190
 @torch.no_grad()
 def letter_activations(model, hook: str, words: list[str], icl_words: list[str], n_icl: int = 10, batch_size: int = 64,
                        seed: int = 0, progress: bool = True) -> Tensor:
     "Activations at `hook` on each word's token in its ICL spelling prompt (read-out position found per prompt)."
     import random
-    from ortsae.activations import hook_layer
-    tok, rng, layer = model.tokenizer, random.Random(seed), hook_layer(model, hook)
-    suffix = len(tok(" has the first letter:", add_special_tokens=False)["input_ids"])
-    out = []
     from tqdm.auto import tqdm
+    from ortsae.activations import hook_layer
+    tok, rng, layer, out = model.tokenizer, random.Random(seed), hook_layer(model, hook), []
     for s in tqdm(range(0, len(words), batch_size), desc="spelling prompts", disable=not progress, leave=False):
-        ids = [[tok.bos_token_id] + tok(icl_prompt(w, rng.sample(icl_words, n_icl)), add_special_tokens=False)["input_ids"]
-               for w in words[s:s + batch_size]]
+        ids, pos = _spelling_ids(tok, words[s:s + batch_size], icl_words, n_icl, rng)
         T = max(map(len, ids))
         toks = torch.tensor([i + [tok.pad_token_id or 0] * (T - len(i)) for i in ids], device=model.cfg.device)
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n == hook, stop_at_layer=None if layer is None else layer + 1)
-        pos = torch.tensor([len(i) - suffix - 1 for i in ids], device=toks.device)
-        assert all(tok.convert_ids_to_tokens(i[q]) == w for i, q, w in zip(ids, pos.tolist(), words[s:s + batch_size]))
-        out.append(cache[hook][torch.arange(len(ids), device=pos.device), pos].float().cpu())
+        out.append(cache[hook][torch.arange(len(ids), device=toks.device), torch.tensor(pos, device=toks.device)].float().cpu())
     return torch.cat(out)
 
 # %% ../nbs/07_absorption.ipynb #0f17ff56

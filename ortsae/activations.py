@@ -313,24 +313,26 @@ def activation_buffer(model, hook: str = "blocks.6.hook_resid_post", source="sha
     stream = activation_stream(model, hook, source, ctx_len, model_batch)
     return scaled_buffer(stream, batch_size, buffer_size, seed, scale, n_scale, model.cfg.device)
 
+# %% ../nbs/00_activations.ipynb #e4df3156
+def _write_shard(folder: Path, i: int, rows: Tensor):
+    "Shard `i` of `folder`, written to a temporary name and then renamed: a killed write leaves no partial shard."
+    from safetensors.torch import save_file
+    tmp = folder / f".shard_{i:05d}.tmp"
+    save_file({"acts": rows.contiguous()}, str(tmp)); tmp.rename(folder / f"shard_{i:05d}.safetensors")
+
 # %% ../nbs/00_activations.ipynb #865e3362
 def write_shards(chunks: Iterable[Tensor], folder: str | Path, shard_rows: int = 65536, max_rows: int | None = None,
                  meta: dict | None = None) -> Path:
     "Write activation chunks to `folder` as shards of `shard_rows` rows (at most `max_rows` in total)."
-    from safetensors.torch import save_file
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     pending, n, shard = [], 0, 0
-    def flush(rows):
-        nonlocal shard
-        tmp = folder / f".shard_{shard:05d}.tmp"
-        save_file({"acts": rows.contiguous()}, str(tmp)); tmp.rename(folder / f"shard_{shard:05d}.safetensors"); shard += 1
     for chunk in chunks:
         if max_rows is not None: chunk = chunk[:max_rows - n]
         pending.append(chunk); n += len(chunk)
         while sum(len(p) for p in pending) >= shard_rows:
-            rows = torch.cat(pending); flush(rows[:shard_rows]); pending = [rows[shard_rows:]]
+            rows = torch.cat(pending); _write_shard(folder, shard, rows[:shard_rows]); shard += 1; pending = [rows[shard_rows:]]
         if max_rows is not None and n >= max_rows: break
-    if pending and sum(len(p) for p in pending): flush(torch.cat(pending))
+    if pending and sum(len(p) for p in pending): _write_shard(folder, shard, torch.cat(pending)); shard += 1
     (folder / "meta.json").write_text(json.dumps({**(meta or {}), "n_rows": n, "n_shards": shard}, indent=1))
     return folder
 
