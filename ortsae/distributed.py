@@ -157,6 +157,7 @@ class AgreedBuffer:
 # %% ../nbs/12_distributed.ipynb #190d0411
 class DistributedRun(Run):
     "A training run that is one rank of a data-parallel group (see `train(..., run_cls=DistributedRun)`)."
+    skip = 0                                                             # the global chunk its stream starts at (`setup`)
     def __init__(self, cfg, run_dir=None):
         super().__init__(cfg, run_dir)
         self.rank, self.world = init_distributed()
@@ -199,6 +200,7 @@ def _dist_state(self: DistributedRun) -> dict:
 
 def _dist_restore(self: DistributedRun, state: dict):
     "Continue from `state` at its global stream position, with this run's number of ranks."
+    self.lm_dtype = state.get("model_dtype", "float32")                 # the dtype the run started with, as `Run.restore`
     self.setup(skip=state["buffer"]["n_chunks"], scale=state["buffer"]["scale"])
     return self.load_state(state)                                      # buffers start empty: no store to load
 DistributedRun.state, DistributedRun.restore = _dist_state, _dist_restore

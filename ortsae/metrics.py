@@ -84,6 +84,7 @@ def _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters
     try: return letter_data(lm, cfg.hook, absorption_words, min_probe_f1, min_letters), None
     except ValueError as e: return None, str(e)
 
+# %% ../nbs/08_evaluation.ipynb #ff47438a
 def _ce_batches(model, hook: str, corpus: tuple, n: int, device: str) -> list[dict]:
     "Clean and zero-ablation baselines on `n` batches of `corpus` = (source, ctx_len, batch, skip) (at most 128 tokens each)."
     from ortsae.activations import token_batches, special_ids
