@@ -26,19 +26,25 @@ def _train_position(run_dir: Path) -> tuple[int, bool, str]:
     state = load_checkpoint(run_dir / "checkpoint.pt", TrainConfig.load(run_dir / "config.json"))
     return state["buffer"]["n_chunks"], state["buffer"].get("exhausted", False), state.get("model_dtype", "float32")
 
+# %% ../nbs/08_evaluation.ipynb #dbd90fc4
+def _heldout_stream(cfg, skip: int, dtype: str, device: str):
+    "The activation stream after training's `skip` chunks, the full model (None for a cache), the rows before it, and the skip."
+    from ortsae.activations import read_shards, shard_shapes, load_model, hook_layer, activation_stream
+    if cfg.source.startswith("shards:"):
+        folder = cfg.source[len("shards:"):]
+        if cfg.train_shards: skip = cfg.train_shards                      # passes over the first shards: the rest is held out
+        return read_shards(folder, start=skip), None, sum(r for r, _ in shard_shapes(folder)[:skip]), skip
+    model = load_model(cfg.model, device=device, dtype=getattr(torch, dtype))   # training's dtype, whole model (CE/KL)
+    hook_layer(model, cfg.hook)
+    return activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip), model, 0, skip
+
 # %% ../nbs/08_evaluation.ipynb #421ff14f
 def _heldout(cfg, run_dir: Path, n_tokens: int, device: str):
     "Held-out activations (the stream after what training read), the full model (None for cached activations), and where from."
-    from ortsae.activations import read_shards, shard_shapes, load_model, hook_layer, activation_stream
-    (skip, exhausted, dtype), model, parts, n, rows_before = _train_position(run_dir), None, [], 0, 0
-    if cfg.source.startswith("shards:"):
-        folder = cfg.source[len("shards:"):]
-        if cfg.train_shards: skip, exhausted = cfg.train_shards, False     # passes over the first shards: the rest is held out
-        stream, rows_before = read_shards(folder, start=skip), sum(r for r, _ in shard_shapes(folder)[:skip])
-    else:
-        model = load_model(cfg.model, device=device, dtype=getattr(torch, dtype))   # training's dtype, whole model (CE/KL)
-        hook_layer(model, cfg.hook)
-        stream = activation_stream(model, cfg.hook, cfg.source, cfg.ctx_len, cfg.model_batch, skip=skip)
+    skip, exhausted, dtype = _train_position(run_dir)
+    stream, model, rows_before, skip = _heldout_stream(cfg, skip, dtype, device)
+    exhausted = exhausted and not (cfg.source.startswith("shards:") and cfg.train_shards)   # passes over shards: the rest is held out
+    parts, n = [], 0
     while not exhausted and n < n_tokens and (c := next(stream, None)) is not None: parts.append(c); n += len(c)
     if not parts: raise ValueError(f"No held-out activations: training read all {skip} chunks of {cfg.source}. Cache more "
                                    f"activations than training uses (or evaluate on a longer corpus).")
