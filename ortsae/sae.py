@@ -12,7 +12,7 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SAE_CLASSES', 'check_sizes', 'BatchTopKSAE', 'check_input', 'batch_topk', 'smallest_positive', 'geometric_median',
-           'explained_variance', 'MatryoshkaSAE', 'default_groups', 'load_sae']
+           'explained_variance', 'MatryoshkaSAE', 'default_groups', 'sae_from_cfg', 'load_sae']
 
 # %% ../nbs/01_sae.ipynb #3b18df0d
 def check_sizes(d_in: int, d_sae: int, k: int, k_aux: int = 1):
@@ -241,17 +241,21 @@ def save(self: BatchTopKSAE, folder: str | Path, scale: float = 1.0, metadata: d
     (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))
     return folder
 
+# %% ../nbs/01_sae.ipynb #0e083a72
+def sae_from_cfg(cfg: dict) -> BatchTopKSAE:
+    "An untrained SAE of the class and with the options that a saved `cfg.json` records."
+    o = dict(cfg.get("ortsae", {}))
+    cls = SAE_CLASSES.get(o.pop("class", "BatchTopKSAE"), BatchTopKSAE)
+    for info in ("scaling_factor_folded", "threshold_calibration"): o.pop(info, None)   # records, not constructor arguments
+    return cls(**{"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], **o})
+
 # %% ../nbs/01_sae.ipynb #8487491d
 def load_sae(folder: str | Path) -> BatchTopKSAE:
     "Load an SAE saved by `save` (in eval mode, on raw activations)."
     from safetensors.torch import load_file
     folder = Path(folder)
     if not (folder / "cfg.json").exists(): raise FileNotFoundError(f"No SAE in {folder}: cfg.json is missing.")
-    cfg = json.loads((folder / "cfg.json").read_text())
-    o = dict(cfg.get("ortsae", {}))
-    cls = SAE_CLASSES.get(o.pop("class", "BatchTopKSAE"), BatchTopKSAE)
-    for info in ("scaling_factor_folded", "threshold_calibration"): o.pop(info, None)   # records, not constructor arguments
-    sae = cls(**{"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], **o})
+    sae = sae_from_cfg(json.loads((folder / "cfg.json").read_text()))
     try: w = load_file(str(folder / "sae_weights.safetensors"))
     except Exception as e:
         raise ValueError(f"{folder}/sae_weights.safetensors is missing or corrupt ({type(e).__name__}: {e}); "

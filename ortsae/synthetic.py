@@ -185,11 +185,9 @@ SYN_CONFIG = dict(d_sae=256, k=5, k_aux=64, batch_size=1024, lr=4e-3, warmup_ste
                   chunk_size=256, group_sizes=[16, 32, 64, 144], gamma=0.25,
                   init="shared")   # seed s of every variant starts from the same weights: variants are paired by init too
 
-# %% ../nbs/11_synthetic.ipynb #8e3bf4aa
-def train_variants(data: SyntheticData, variants: dict[str, dict], steps: int = 1000, seeds: int = 3,
-                   progress: bool = True, **overrides) -> dict[str, list]:
-    "Train each variant (`name: {'kind': ..., config overrides}`) for `seeds` seeds on one shared stream."
-    from tqdm.auto import tqdm
+# %% ../nbs/11_synthetic.ipynb #5b52d5ea
+def _variant_runs(data: SyntheticData, variants: dict[str, dict], steps: int, seeds: int, overrides: dict) -> dict:
+    "One `Run` per variant, its SAEs the seeds, every `b_dec` at the geometric median of one shared sample."
     runs = {}
     for name, v in variants.items():
         v = dict(v); kind = v.pop("kind")
@@ -197,8 +195,15 @@ def train_variants(data: SyntheticData, variants: dict[str, dict], steps: int = 
             "batch_size", SYN_CONFIG["batch_size"]), "saes": [f"{kind}-seed{s}" for s in range(seeds)]})
         runs[name] = Run(cfg); runs[name].check(); runs[name].build(data.d)
     init = data.sample(4096, torch.Generator().manual_seed(10**6))[0]
-    for r in runs.values():
-        for sae in r.saes.values(): sae.init_b_dec(init)
+    for sae in (s for r in runs.values() for s in r.saes.values()): sae.init_b_dec(init)
+    return runs
+
+# %% ../nbs/11_synthetic.ipynb #8e3bf4aa
+def train_variants(data: SyntheticData, variants: dict[str, dict], steps: int = 1000, seeds: int = 3,
+                   progress: bool = True, **overrides) -> dict[str, list]:
+    "Train each variant (`name: {'kind': ..., config overrides}`) for `seeds` seeds on one shared stream."
+    from tqdm.auto import tqdm
+    runs = _variant_runs(data, variants, steps, seeds, overrides)
     stream = data.stream(next(iter(runs.values())).cfg.batch_size, seed=0)
     for _ in tqdm(range(steps), disable=not progress):
         x = next(stream)
