@@ -11,7 +11,7 @@ from .sae import BatchTopKSAE, batch_topk
 from .orthogonality import cosine_matrix
 
 # %% auto #0
-__all__ = ['META_SEED', 'THRESHOLDS', 'max_cosines', 'mean_cos_sim', 'clustering_coefficient', 'composition_rate',
+__all__ = ['THRESHOLDS', 'META_SEED', 'max_cosines', 'mean_cos_sim', 'clustering_coefficient', 'composition_rate',
            'unique_fraction', 'plot_comparison', 'geometry_metrics', 'random_decoder']
 
 # %% ../nbs/06_geometry.ipynb #d71c2d9c
@@ -29,16 +29,21 @@ def mean_cos_sim(W: Tensor, chunk: int = 2048) -> float:
     "MeanCosSim (paper Eq. 6): mean over latents of the max cosine to another latent."
     return max_cosines(W, chunk=chunk).mean().item()
 
+# %% ../nbs/06_geometry.ipynb #3d20f441
+def _edges(W: Tensor, threshold: float, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    "Rows and columns of the edges of the graph `cos(W_i, W_j) > threshold` (i != j), a block of rows at a time."
+    rows, cols = [], []
+    for s in range(0, len(W), chunk):
+        A = cosine_matrix(W[s:s + chunk], W) > threshold
+        A[torch.arange(len(A), device=W.device), torch.arange(s, s + len(A), device=W.device)] = False
+        r, c = A.nonzero(as_tuple=True); rows.append(r + s); cols.append(c)
+    return torch.cat(rows), torch.cat(cols)
+
 # %% ../nbs/06_geometry.ipynb #deb796f4
 @torch.no_grad()
 def clustering_coefficient(W: Tensor, threshold: float, chunk: int = 2048) -> tuple[float, float]:
     "Global clustering coefficient and edge density of the graph `cos(W_i, W_j) > threshold` (i != j)."
-    m, rows, cols = len(W), [], []
-    for s in range(0, m, chunk):
-        A = cosine_matrix(W[s:s + chunk], W) > threshold
-        A[torch.arange(len(A), device=W.device), torch.arange(s, s + len(A), device=W.device)] = False
-        r, c = A.nonzero(as_tuple=True); rows.append(r + s); cols.append(c)
-    r, c = torch.cat(rows), torch.cat(cols)
+    m, (r, c) = len(W), _edges(W, threshold, chunk)
     deg = torch.bincount(r, minlength=m).double()
     A = torch.sparse_coo_tensor(torch.stack([r, c]), torch.ones(len(r), dtype=torch.float64, device=W.device), (m, m),
                                 device=W.device, check_invariants=True).coalesce()
@@ -49,6 +54,9 @@ def clustering_coefficient(W: Tensor, threshold: float, chunk: int = 2048) -> tu
         tr3 += (torch.sparse.mm(A, block) * block).sum().item()
     triples = (deg * (deg - 1)).sum().item()
     return (tr3 / triples if triples else 0.0), len(r) / (m * (m - 1))
+
+# %% ../nbs/06_geometry.ipynb #ca31ac6a
+THRESHOLDS = [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8]   # cosine thresholds of the paper's App. H
 
 # %% ../nbs/06_geometry.ipynb #4215fbc1
 META_SEED = 0x5EED_C0DE   # offsets the meta-SAE's initialisation from every seed an SAE of a run uses
@@ -74,8 +82,6 @@ def unique_fraction(W_a: Tensor, W_b: Tensor, threshold: float = 0.2, chunk: int
     return (max_cosines(W_a, W_b, chunk) < threshold).float().mean().item()
 
 # %% ../nbs/06_geometry.ipynb #031a41cd
-THRESHOLDS = [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8]
-
 def plot_comparison(results: dict[str, dict], W: dict[str, Tensor] | None = None):
     "Pareto (EV vs L0), max-cosine histograms and clustering curves for several SAEs' metric dicts."
     import matplotlib.pyplot as plt
