@@ -188,6 +188,15 @@ def _summary(fr: list[Tensor], fu: list[Tensor], per: dict, n_boot: int) -> dict
                 full_absorption_ci=bootstrap_ci(fu, n_boot), letters=per,
                 mean_split_features=sum(len(v["main_latents"]) - 1 for v in per.values()) / len(per))
 
+# %% ../nbs/07_absorption.ipynb #1fe9ae17
+def _letter_mains(fp: Tensor, y: Tensor, s: int, letters: list[int], main: dict | None, l1: float, recipe: str, seed: int,
+                  max_k: int, jump: float) -> dict[int, tuple[list[int], list[float]]]:
+    "Each letter's main latents and k-sparse F1s: as given in `main`, else ranked by the L1 probe on the first `s` words."
+    todo = [l for l in letters if (main or {}).get(chr(97 + l)) is None]
+    ranks = rank_latents(fp[:s], y[:s], l1=l1, recipe=recipe, seed=seed) if todo else None
+    return {l: main_latents(fp[:s], (y[:s] == l).long(), fp[s:], (y[s:] == l).long(), ranks[l], max_k, jump) if l in todo
+               else (main[chr(97 + l)], []) for l in letters}
+
 # %% ../nbs/07_absorption.ipynb #0542ff60
 @torch.no_grad()
 def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e-3, max_k: int = 10, jump: float = 0.03,
@@ -196,15 +205,11 @@ def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e
     "Mean absorption fraction and full-absorption rate (95% bootstrap intervals) over `data`'s letters; `main` overrides main latents."
     dev = sae.W_dec.device
     x, y, s, probe = data["x"].to(dev), data["y"].to(dev), data["split"], data["probe"].to(dev)
-    f, ranks, per, fr, fu = sae.encode(x), None, {}, [], []
+    f, per, fr, fu = sae.encode(x), {}, [], []
     # SAEBench's SAEs have unit-norm decoder rows; ours fold the activation scale into them. Its probes see the
     # activations of the equivalent unit-norm SAE (ours times the row norms): the L1 ranking is not scale-free.
     fp = f * sae.W_dec.norm(dim=1) if recipe == "saebench" else f
-    for l in data["letters"]:
-        f1s, ml = [], (main or {}).get(chr(97 + l))
-        if ml is None:
-            ranks = ranks or rank_latents(fp[:s], y[:s], l1=l1, recipe=recipe, seed=seed)
-            ml, f1s = main_latents(fp[:s], (y[:s] == l).long(), fp[s:], (y[s:] == l).long(), ranks[l], max_k, jump)
+    for l, (ml, f1s) in _letter_mains(fp, y, s, data["letters"], main, l1, recipe, seed, max_k, jump).items():
         if (sc := letter_scores(sae, f[s:], x[s:], y[s:], probe, l, ml, centre, **thresholds)) is None: continue
         fr.append(sc[0]); fu.append(sc[1].float())
         per[chr(97 + l)] = dict(absorption=sc[0].mean().item(), full_absorption=sc[1].float().mean().item(),
