@@ -117,6 +117,19 @@ def _ce_corpus(cfg, held: dict, model, device: str):
     model = load_model(meta["model"], device=device, dtype=getattr(torch, held["model_dtype"])); hook_layer(model, cfg.hook)
     return model, (meta["source"], meta["ctx_len"], meta["model_batch"], _batches_before(model, meta, held["rows_before"] + held["tokens"]))
 
+# %% ../nbs/08_evaluation.ipynb #c9db56df
+def _absorption_metrics(sae, letters: dict) -> dict:
+    "Chapter 07's first-letter absorption of `sae`, with its intervals and per-letter details."
+    a = first_letter_absorption(sae, letters)
+    return dict(absorption=a["mean_absorption"], absorption_ci=a["absorption_ci"], full_absorption=a["mean_full_absorption"],
+                full_absorption_ci=a["full_absorption_ci"], absorption_letters=a["letters"])
+
+# %% ../nbs/08_evaluation.ipynb #08d01a3b
+def _ce_metrics(model, sae, baselines: list[dict], hook: str) -> dict:
+    "CE and KL scores of `sae` spliced into `model`, averaged over the batches of `baselines`."
+    ce = [ce_kl_scores(model, sae, b["tokens"], hook, b["keep_ids"], baseline=b) for b in baselines]
+    return {k: sum(c[k] for c in ce) / len(ce) for k in ce[0]}
+
 # %% ../nbs/08_evaluation.ipynb #6312c2ff
 def _sae_metrics(name, sae, path, acts, letters, baselines, model, cfg, calibrate, composition_steps) -> dict:
     "Every metric of one SAE (calibrating and saving its threshold first when `calibrate`)."
@@ -128,13 +141,8 @@ def _sae_metrics(name, sae, path, acts, letters, baselines, model, cfg, calibrat
     r.update({k: v for k, v in core_metrics(sae, acts).items() if k != "density"}, threshold=sae.threshold.item())
     if r["dead_frac"] == 1: raise ValueError(f"SAE {name!r} has no live latents on the evaluation tokens.")
     r.update(geometry_metrics(sae.W_dec.detach(), composition_steps), absorption=None)
-    if letters:
-        a = first_letter_absorption(sae, letters)
-        r.update(absorption=a["mean_absorption"], absorption_ci=a["absorption_ci"], full_absorption=a["mean_full_absorption"],
-                 full_absorption_ci=a["full_absorption_ci"], absorption_letters=a["letters"])
-    if baselines:
-        ce = [ce_kl_scores(model, sae, b["tokens"], cfg.hook, b["keep_ids"], baseline=b) for b in baselines]
-        r.update({k: sum(c[k] for c in ce) / len(ce) for k in ce[0]})
+    if letters: r.update(_absorption_metrics(sae, letters))
+    if baselines: r.update(_ce_metrics(model, sae, baselines, cfg.hook))
     return r
 
 # %% ../nbs/08_evaluation.ipynb #fbe186d5
