@@ -73,7 +73,7 @@ def _add_train(sub):
     t.add_argument("--run-dir", default=None, help="run folder (default: runs/<preset>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="delete what --run-dir holds and start again")
-    t.add_argument("--stop-at", type=int, default=None, help="stop after this many steps (a checkpoint is kept)")
+    t.add_argument("--stop-at", type=int, default=None, help="stop when the run reaches this step (a checkpoint is kept; --resume goes on)")
     helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         list_field = "list" in str(f.type)

@@ -434,13 +434,19 @@ def _log_line(run: Run, logs: dict, t0: float) -> dict:
 def _postfix(logs: dict) -> str:
     return " | ".join(f"{k}: L {v['loss']:.3f} L0 {v['l0']:.0f} EV {v['ev']:.2f} dead {v['dead']:.0%}" for k, v in logs.items())
 
+# %% ../nbs/04_training.ipynb #64ec3027
+def _wandb_id(run_dir: Path) -> str:
+    "A Weights & Biases run id from the run folder's path, the same in every process (so a resume continues the same run)."
+    import hashlib
+    return "ortsae-" + hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
 # %% ../nbs/04_training.ipynb #e54e39a2
 def _wandb(cfg: TrainConfig, run_dir: Path):
     "A Weights & Biases run when `cfg.wandb` (resumed under the same id), else None."
     if not cfg.wandb: return None
     try: import wandb
     except ImportError as e: raise ValueError("wandb=True needs the wandb package: pip install wandb") from e
-    return wandb.init(project=cfg.wandb_project, name=run_dir.name, id=f"ortsae-{abs(hash(str(run_dir.resolve()))):x}",
+    return wandb.init(project=cfg.wandb_project, name=run_dir.name, id=_wandb_id(run_dir),
                       resume="allow", config=asdict(cfg))
 
 # %% ../nbs/04_training.ipynb #8fdddd2f
