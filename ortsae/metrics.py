@@ -43,7 +43,7 @@ def _heldout(cfg, run_dir: Path, n_tokens: int, device: str):
     "Held-out activations (the stream after what training read), the full model (None for cached activations), and where from."
     skip, exhausted, dtype = _train_position(run_dir)
     stream, model, rows_before, skip = _heldout_stream(cfg, skip, dtype, device)
-    exhausted = exhausted and not (cfg.source.startswith("shards:") and cfg.train_shards)   # passes over shards: the rest is held out
+    if cfg.train_shards: exhausted = False                           # passes over shards (a cache only): the rest is held out
     parts, n = [], 0
     while not exhausted and n < n_tokens and (c := next(stream, None)) is not None: parts.append(c); n += len(c)
     if not parts: raise ValueError(f"No held-out activations: training read all {skip} chunks of {cfg.source}. Cache more "
