@@ -13,6 +13,7 @@ from .metrics import evaluate_run, table1
 from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table
 from .features import run_features, latent_card, card_text, cards_html, decompose, decomposition_summary
 from .doctor import doctor
+from .synthetic import WORLDS, make_world, world_config, world_experiment, world_report, plot_history
 from .reproduce import (CONFIGS, reproduce, run_plan, timing_run, unique_features, claims, claims_markdown,
                                table1_seeds)
 
@@ -168,11 +169,39 @@ def _add_features(sub):
                    help="also decompose --sae's decoder into this SAE's (e.g. ortsae) and back, and print the fractions")
     f.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
 
+# %% ../nbs/90_cli.ipynb #db41ad85
+def _at_least(lo: int):
+    "An argparse type: an integer >= `lo`, refused while parsing with the valid range."
+    def parse(s: str) -> int:
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not an integer (use one >= {lo})") from None
+        if v < lo: raise argparse.ArgumentTypeError(f"{v} is too small: use an integer >= {lo}")
+        return v
+    return parse
+
+# %% ../nbs/90_cli.ipynb #a4eeb68a
+def _add_synth(sub):
+    s = sub.add_parser("synth", help="BatchTopK, Matryoshka and OrtSAE on a synthetic world with known features (chapter 11)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--world", default="cpu", choices=sorted(WORLDS), help="cpu: 4,096 features in 192 dims; synthsaebench-16k: "
+                   "SynthSAEBench's 16,384 in 768 (wants a GPU); tiny: for tests")
+    s.add_argument("--width", type=_at_least(2), default=1024, help="latents per SAE")
+    s.add_argument("--k", type=_at_least(1), default=6, help="L0 of every SAE (below --width); the cpu world's top 1,024 features: 6")
+    s.add_argument("--seeds", type=_at_least(1), default=8, help="independent initialisations of each kind (2+ for intervals)")
+    s.add_argument("--steps", type=_at_least(1), default=5000, help="training batches")
+    s.add_argument("--batch-size", type=_at_least(1), default=1024, help="samples per batch")
+    s.add_argument("--evals", type=_at_least(1), default=6, help="evaluations along the way (the curves)")
+    s.add_argument("--eval-samples", type=_at_least(64), default=32768, help="held-out samples every SAE is scored on")
+    s.add_argument("--world-seed", type=_at_least(0), default=0, help="seed of the world (dictionary, correlations, magnitudes)")
+    s.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
+    s.add_argument("--out", default=None, help="run folder (default runs/synth-WORLD): history.json, report.md, curves.png, "
+                   "checkpoint.pt; a stopped run continues from its last evaluation")
+
 # %% ../nbs/90_cli.ipynb #84eca1d6
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ortsae", description="Orthogonal sparse autoencoders: capture, train, evaluate.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for add in (_add_capture, _add_train, _add_eval, _add_doctor, _add_reproduce, _add_features): add(sub)
+    for add in (_add_capture, _add_train, _add_eval, _add_doctor, _add_reproduce, _add_features, _add_synth): add(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #543c5205
@@ -243,8 +272,22 @@ def _reproduce(args):
     print(table1_seeds(res, c)); print(claims_markdown(claims(res, u, c), res, c, u))
     print(f"OrtSAE step / BatchTopK step with the penalty every 5th step: {t['ortsae'] / t['batchtopk']:.2f}")
 
+# %% ../nbs/90_cli.ipynb #fc1fda4b
+def _synth(args):
+    device = _device(args.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this machine has no CUDA device; use --device cpu (or auto).")
+    out, cfg = Path(args.out or f"runs/synth-{args.world}"), world_config(args.width, args.k, args.seeds, args.steps, args.batch_size, device=device)
+    print(f"building the {args.world} world on {device} ...", flush=True)
+    world = make_world(args.world, seed=args.world_seed, device=device); print(world, flush=True)
+    hist = world_experiment(world, cfg, out, args.evals, args.eval_samples)
+    rep = world_report(hist); print(rep)
+    (out / "report.md").write_text(rep); plot_history(hist).savefig(out / "curves.png", dpi=100)
+    print(f"written to {out}: history.json, report.md, curves.png, checkpoint.pt")
+
 # %% ../nbs/90_cli.ipynb #20969467
-COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor, "reproduce": _reproduce, "features": _features}
+COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor, "reproduce": _reproduce, "features": _features,
+            "synth": _synth}
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ortsae` console script."

@@ -4,22 +4,28 @@
 
 # %% ../nbs/11_synthetic.ipynb #1d27c1f9
 from __future__ import annotations
-import math
+import math, os, json
+from dataclasses import asdict
+from pathlib import Path
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .sae import explained_variance
 from .orthogonality import full_penalty, random_max_cos
-from .train import make_config, Run
+from .train import make_config, Run, atomic_save, load_checkpoint
 from .metrics import mean_cos_sim
 from .activations import norm_scaling_factor
 
 # %% auto #0
-__all__ = ['SYN_CONFIG', 'COLUMNS', 'true_dictionary', 'check_synthetic', 'firing_probabilities', 'SyntheticData',
-           'match_latents', 'uniqueness', 'detection_scores', 'absorption', 'composed', 'ground_truth_metrics',
-           'train_variants', 'score_variants', 'summarize', 'paired_differences', 'diff_table', 'table',
-           'plot_variants']
+__all__ = ['SYN_CONFIG', 'COLUMNS', 'WORLDS', 'KIND_NAMES', 'WORLD_CLAIMS', 'REPORT_COLUMNS', 'true_dictionary',
+           'check_synthetic', 'firing_probabilities', 'SyntheticData', 'match_latents', 'uniqueness',
+           'detection_scores', 'absorption', 'composed', 'ground_truth_metrics', 'train_variants', 'score_variants',
+           'summarize', 'paired_differences', 'diff_table', 'table', 'plot_variants', 'zipf_probabilities', 'forest',
+           'check_world', 'compensation', 'orthogonalize', 'max_overlap', 'SynthWorld', 'make_world', 'mcc',
+           'latent_detection', 'tree_absorption', 'world_metrics', 'world_config', 'world_experiment', 'final_scores',
+           'relative_differences', 'seeds_needed', 'detectable', 'claim_verdict', 'pilot_seeds', 'plot_history',
+           'world_verdicts', 'verdict_table', 'world_report']
 
 # %% ../nbs/11_synthetic.ipynb #0fffa058
 def true_dictionary(n_features: int, d: int, spread: int = 0, seed: int = 0) -> Tensor:
@@ -219,7 +225,7 @@ def summarize(scores: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float,
     "Mean and standard deviation over seeds of each metric."
     out = {}
     for name, rows in scores.items():
-        t = {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
+        t = {k: torch.tensor([float(r[k]) for r in rows], dtype=torch.float64) for k in rows[0]}
         out[name] = {k: (v.mean().item(), v.std().item() if len(v) > 1 else 0.0) for k, v in t.items()}
     return out
 
@@ -268,3 +274,372 @@ def plot_variants(summary: dict, metrics: list[str] = ("mcc", "f1", "absorption"
         ax.set_title(m); ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11_synthetic.ipynb #f4eeac17
+def zipf_probabilities(n: int, exponent: float = 0.5, p_max: float = 0.4, p_min: float = 5e-4) -> Tensor:
+    "Firing probabilities falling as rank^-exponent, from `p_max` (feature 0) to `p_min` (the last feature)."
+    r = torch.arange(1, n + 1, dtype=torch.float64) ** -exponent
+    return (p_min + (p_max - p_min) * (r - r[-1]) / (r[0] - r[-1])).float()
+
+# %% ../nbs/11_synthetic.ipynb #1cfa6169
+def forest(n_features: int, n_roots: int, branching: int, depth: int) -> tuple[Tensor, Tensor]:
+    "Each feature's parent (-1: none) and level (0: a root, -1: not in a tree); the trees are filled level by level."
+    parent, level = torch.full((n_features,), -1), torch.full((n_features,), -1)
+    level[:n_roots], start, width = 0, n_roots, n_roots
+    for lv in range(1, depth + 1):
+        kids = torch.arange(start, start + width * branching)
+        parent[kids] = torch.arange(start - width, start).repeat_interleave(branching)
+        level[kids], start, width = lv, start + width * branching, width * branching
+    return parent, level
+
+# %% ../nbs/11_synthetic.ipynb #6e1dc53f
+def check_world(n_features, d, n_roots, branching, depth, exponent, p_max, p_min, corr_rank, corr_scale):
+    "Raise a `ValueError` naming the setting that can't describe a world, and what would."
+    for name, v in dict(n_features=n_features, d=d, branching=branching, depth=depth, corr_rank=corr_rank).items():
+        if not isinstance(v, int) or v < 1: raise ValueError(f"{name}={v!r} must be a positive integer.")
+    if not isinstance(n_roots, int) or n_roots < 0: raise ValueError(f"n_roots={n_roots!r} must be an integer >= 0.")
+    need = n_roots * sum(branching**lv for lv in range(depth + 1))
+    if need > n_features: raise ValueError(f"{n_roots} trees of depth {depth} with {branching} children per node need "
+                                           f"{need} features, more than n_features={n_features}: use fewer roots or more features.")
+    if not 0 < p_min < p_max <= 1: raise ValueError(f"p_min={p_min!r}, p_max={p_max!r}: firing probabilities need 0 < p_min < p_max <= 1.")
+    if not (math.isfinite(exponent) and exponent > 0): raise ValueError(f"exponent={exponent!r} must be a positive number.")
+    if not 0 <= corr_rank * corr_scale**2 < 1:
+        raise ValueError(f"corr_rank * corr_scale^2 = {corr_rank * corr_scale**2:.3g} must be in [0, 1) for a valid correlation matrix.")
+
+# %% ../nbs/11_synthetic.ipynb #aa2f5ac3
+def compensation(p: Tensor, parent: Tensor) -> Tensor:
+    "Factor per feature that gives a child about its base rate after its parent gates it and its siblings exclude it."
+    f, kid = torch.ones_like(p), parent >= 0
+    q = p[parent[kid]]                                                       # the parent's base rate
+    others = torch.zeros_like(p).index_add_(0, parent[kid], p[kid])[parent[kid]] - p[kid]   # the siblings' rates
+    f[kid] = (1 + others.clamp_min(0) / q) / q
+    return f
+
+# %% ../nbs/11_synthetic.ipynb #5dd90c4f
+def orthogonalize(W: Tensor, steps: int = 100, lr: float = 3e-4, chunk: int = 1024) -> Tensor:
+    "Unit rows pushed apart: `steps` Adam steps on the squared off-diagonal Gram entries, chunk by chunk; rows renormalised."
+    W = F.normalize(W, dim=1).clone().requires_grad_()
+    opt, N = torch.optim.Adam([W], lr=lr), len(W)
+    for _ in range(steps):
+        opt.zero_grad()
+        for i in range(0, N, chunk):
+            G = W[i:i + chunk] @ W.T
+            diag = G.diagonal(offset=i)
+            (G.pow(2).sum() - diag.pow(2).sum() + N * (diag - 1).pow(2).sum()).backward()
+        opt.step()
+    return F.normalize(W.detach(), dim=1)
+
+def max_overlap(W: Tensor, chunk: int = 4096) -> float:
+    "Mean over rows of the largest |cos| to another row (SynthSAEBench's rho_mm)."
+    W, out = F.normalize(W.float(), dim=1), []
+    for i in range(0, len(W), chunk):
+        C = (W[i:i + chunk] @ W.T).abs(); C.diagonal(offset=i).fill_(0); out.append(C.max(1).values)
+    return torch.cat(out).mean().item()
+
+# %% ../nbs/11_synthetic.ipynb #e82c9081
+WORLDS = {   # the SynthWorld defaults are SynthSAEBench-16k's recipe; the others change only what is listed
+    "synthsaebench-16k": dict(),
+    "cpu": dict(n_features=4096, d=192, n_roots=32, p_max=0.2),
+    "tiny": dict(n_features=512, d=32, n_roots=4, p_max=0.2, ortho_steps=10),
+}
+
+# %% ../nbs/11_synthetic.ipynb #e74e5c35
+class SynthWorld:
+    "Zipfian, correlated, hierarchical features on an orthogonalised dictionary; `sample(n)` gives activations and codes."
+    def __init__(self, n_features: int = 16384, d: int = 768, n_roots: int = 128, branching: int = 4, depth: int = 3,
+                 exponent: float = 0.5, p_max: float = 0.4, p_min: float = 5e-4, corr_rank: int = 25, corr_scale: float = 0.1,
+                 ortho_steps: int = 100, ortho_lr: float = 3e-4, magnitude: tuple = (5.0, 4.0), magnitude_std: tuple = (0.5, 0.5),
+                 bias: float = 0.5, scale_children: bool = True, seed: int = 0, device: str = "cpu"):
+        check_world(n_features, d, n_roots, branching, depth, exponent, p_max, p_min, corr_rank, corr_scale)
+        g, self.N, self.d, self.scale_children, self.seed = torch.Generator().manual_seed(seed), n_features, d, scale_children, seed
+        self.parent, self.level = forest(n_features, n_roots, branching, depth)
+        self.groups = [(self.level == lv).nonzero().view(-1, branching) for lv in range(1, depth + 1) if n_roots]
+        self.base_p = zipf_probabilities(n_features, exponent, p_max, p_min)
+        self.threshold = torch.special.ndtri(1 - (self.base_p * compensation(self.base_p, self.parent)).clamp(max=1))
+        f = corr_scale * torch.randn(n_features, corr_rank, generator=g)
+        self.corr = f * (0.99 / f.pow(2).sum(1, keepdim=True)).clamp(max=1).sqrt()   # each row's variance stays below 1
+        self.noise_sd = (1 - self.corr.pow(2).sum(1)).sqrt()
+        self.mean = torch.linspace(*magnitude, n_features)
+        self.std = (magnitude_std[0] + magnitude_std[1] * torch.randn(n_features, generator=g)).abs()
+        b, W = torch.randn(d, generator=g), torch.randn(n_features, d, generator=g)
+        self.bias, self.scale = bias * b / b.norm(), 1.0
+        self.to(device); self.D = orthogonalize(W.to(device), ortho_steps, ortho_lr)
+
+# %% ../nbs/11_synthetic.ipynb #b5a3dfa0
+@patch
+def to(self: SynthWorld, device):
+    "Move every tensor of the world to `device` (sampling then happens there)."
+    for k, v in vars(self).items():
+        if isinstance(v, Tensor): setattr(self, k, v.to(device))
+    self.groups = [s.to(device) for s in self.groups]
+    return self
+
+# %% ../nbs/11_synthetic.ipynb #30e25e2a
+@patch
+def _gate(self: SynthWorld, a: Tensor, siblings: Tensor, g: torch.Generator | None):
+    "One level of the trees, in place: children follow their parent (scaled or gated), then one sibling at random survives."
+    kids = siblings.flatten(); parents = self.parent[kids]
+    pa = a[:, parents]
+    a[:, kids] *= pa / self.mean[parents] if self.scale_children else (pa > 0).float()
+    on = a[:, siblings] > 0                                               # (n, groups, branching)
+    score = torch.rand(on.shape, generator=g, device=a.device).masked_fill(~on, -1)
+    keep = F.one_hot(score.argmax(-1), siblings.shape[1]).bool() & on     # the random winner, if any sibling is on
+    a[:, kids] *= keep.flatten(1).float()
+
+# %% ../nbs/11_synthetic.ipynb #60b86d59
+@patch
+def codes(self: SynthWorld, n: int, g: torch.Generator | None = None) -> Tensor:
+    "`n` samples of the true features' activations `(n, N)`: correlated firing, magnitudes, then the trees."
+    dev = self.mean.device
+    z = torch.randn(n, self.corr.shape[1], generator=g, device=dev) @ self.corr.T
+    on = z.addcmul_(torch.randn(n, self.N, generator=g, device=dev), self.noise_sd) > self.threshold
+    a = torch.zeros(n, self.N, device=dev)
+    a[on] = (self.mean.expand(n, -1)[on] + self.std.expand(n, -1)[on] * torch.randn(int(on.sum()), generator=g, device=dev)).relu()
+    for siblings in self.groups: self._gate(a, siblings, g)
+    return a
+
+@patch
+def sample(self: SynthWorld, n: int, g: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    "`n` activations `x = scale * (a @ D + bias)` and their true codes `a`."
+    a = self.codes(n, g)
+    return self.scale * (a @ self.D + self.bias), a
+
+# %% ../nbs/11_synthetic.ipynb #4f2ccabe
+@patch
+def stream(self: SynthWorld, batch_size: int, seed: int = 0):
+    "An endless, seeded stream of activation batches, on the world's device."
+    g = torch.Generator(device=self.mean.device).manual_seed(seed)
+    while True: yield self.sample(batch_size, g)[0]
+
+@patch
+def __repr__(self: SynthWorld):
+    return (f"SynthWorld(N={self.N}, d={self.d}, {len(self.groups[0]) if self.groups else 0} trees, "
+            f"{(self.level >= 0).sum().item()} features in trees, overlap {max_overlap(self.D):.3f})")
+
+def make_world(name: str = "cpu", seed: int = 0, device: str = "cpu", **overrides) -> SynthWorld:
+    "A named world from `WORLDS` (with `overrides`), its activations scaled so that E||x||^2 = d."
+    if name not in WORLDS: raise ValueError(f"Unknown world {name!r}: use one of {sorted(WORLDS)}.")
+    w = SynthWorld(**{**WORLDS[name], **overrides}, seed=seed, device=device)
+    w.scale = norm_scaling_factor(w.sample(20_000, torch.Generator(device=device).manual_seed(seed + 7))[0])
+    w.spec = {"world": name, "seed": seed, **overrides}                  # what a run folder records (`world.json`)
+    return w
+
+# %% ../nbs/11_synthetic.ipynb #8422d238
+def mcc(W_dec: Tensor, D: Tensor) -> float:
+    "Mean |cos| over the Hungarian matching of latents to true features: the mean over the matched pairs (SAELens' MCC)."
+    latent, cos = match_latents(W_dec, D)
+    return cos[latent >= 0].mean().item()
+
+# %% ../nbs/11_synthetic.ipynb #f4aed00d
+def latent_detection(acts: Tensor, codes: Tensor, W_dec: Tensor, D: Tensor) -> dict[str, float]:
+    "Each latent as a detector of its best-matching true feature (largest |cos|): mean precision, recall and F1 over latents."
+    best = (F.normalize(W_dec.detach().float(), dim=1) @ F.normalize(D.float(), dim=1).T).abs().argmax(1)
+    fired, on = acts > 0, codes[:, best] > 0
+    tp, fp, fn = (fired & on).sum(0).float(), (fired & ~on).sum(0).float(), (~fired & on).sum(0).float()
+    prec, rec = tp / (tp + fp).clamp_min(1), tp / (tp + fn).clamp_min(1)
+    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec), torch.zeros_like(tp))
+    return dict(precision=prec.mean().item(), recall=rec.mean().item(), f1=f1.mean().item())
+
+# %% ../nbs/11_synthetic.ipynb #79cfafa0
+def tree_absorption(acts: Tensor, codes: Tensor, latent: Tensor, world, min_n: int = 20) -> dict[str, float]:
+    "Per parent with a latent: how often its latent is silent with a child on (absorption) and with none (miss); means by level."
+    rows = []
+    for sib in world.groups:
+        P = world.parent[sib[:, 0]]; sib, P = sib[latent[P] >= 0], P[latent[P] >= 0]
+        on, kid_on, silent = codes[:, P] > 0, (codes[:, sib] > 0).any(-1), acts[:, latent[P]] <= 0
+        w, wo = on & kid_on, on & ~kid_on
+        rows.append(torch.stack([world.level[P].float(), w.sum(0), wo.sum(0), (w & silent).sum(0), (wo & silent).sum(0)], 1).float())
+    t, out = torch.cat(rows).cpu(), {}                    # columns: level, n with a child, n without, silent with, silent without
+    for name, m in [("", t[:, 0] >= 0)] + [(f"_l{l}", t[:, 0] == l) for l in range(len(world.groups))]:   # parents sit on levels 0 .. depth-1
+        a, b = m & (t[:, 1] >= min_n), m & (t[:, 2] >= min_n)
+        out[f"absorption{name}"] = (t[a, 3] / t[a, 1]).mean().item() if a.any() else float("nan")
+        out[f"miss{name}"] = (t[b, 4] / t[b, 2]).mean().item() if b.any() else float("nan")
+    out["parents"] = int((t[:, 1] >= min_n).sum())
+    return out
+
+# %% ../nbs/11_synthetic.ipynb #426ccd1d
+@torch.no_grad()
+def world_metrics(sae, world, x: Tensor, codes: Tensor) -> dict[str, float]:
+    "Every ground-truth score of `sae` on held-out activations `x` of `world` with their true `codes`."
+    sae.eval(); acts = sae.encode(x); xh = sae.decode(acts); sae.train()
+    latent, cos = match_latents(sae.W_dec, world.D)
+    return dict(mcc=cos[latent >= 0].mean().item(), uniqueness=uniqueness(sae.W_dec, world.D),
+                **latent_detection(acts, codes, sae.W_dec, world.D), **tree_absorption(acts, codes, latent, world),
+                composition=composed(sae.W_dec, world.D).float().mean().item(), mean_cos_sim=mean_cos_sim(sae.W_dec),
+                ev=explained_variance(x, xh).item(), l0=(acts > 0).sum(1).float().mean().item(),
+                dead=((acts > 0).sum(0) == 0).float().mean().item(), shrinkage=(xh.norm(dim=1) / x.norm(dim=1)).mean().item())
+
+# %% ../nbs/11_synthetic.ipynb #20f8b8f1
+KIND_NAMES = {"batchtopk": "BatchTopK", "matryoshka": "Matryoshka", "ortsae": "OrtSAE"}
+
+def world_config(width: int = 1024, k: int = 6, seeds: int = 8, steps: int = 6000, batch_size: int = 1024,
+                 kinds: tuple = tuple(KIND_NAMES), **overrides):
+    "A run of every kind x seed (independent initialisations) at L0 `k`, the paper's gamma and chunking, `steps` batches."
+    if not (isinstance(k, int) and 0 < k < width): raise ValueError(f"k={k!r} must be an integer in [1, width={width}): the L0 must be below the dictionary size.")
+    if not (isinstance(seeds, int) and seeds >= 1 and isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"seeds={seeds!r} and steps={steps!r} must be positive integers.")
+    return make_config("smoke", d_sae=width, k=k, k_aux=min(512, width // 2), batch_size=batch_size, lr=2e-3,
+                       warmup_steps=min(200, steps // 10), decay_frac=0.2, total_tokens=steps * batch_size, gamma=0.25,
+                       chunk_size=min(8192, width), dead_after=200 * batch_size, init="independent", log_every=10**9,
+                       saes=[f"{kd}-seed{s}" for s in range(seeds) for kd in kinds], **overrides)
+
+# %% ../nbs/11_synthetic.ipynb #7a42dc65
+def _check_world_file(out: Path, world):
+    "Record which world a run folder trains on (`world.json`), or refuse a folder made for another world."
+    f, spec = out / "world.json", json.loads(json.dumps(getattr(world, "spec", {"world": repr(world)})))
+    try: old = json.loads(f.read_text()) if f.exists() else None
+    except json.JSONDecodeError as e: raise ValueError(f"{f} is not valid JSON ({e}); fix or delete it, or use another folder.") from None
+    if old is not None and old != spec:
+        raise ValueError(f"{f} says this run folder trains on {old}, not {spec}: use another folder for another world.")
+    if old is None: f.write_text(json.dumps(spec))
+
+# %% ../nbs/11_synthetic.ipynb #7def50e7
+def _world_state(run, g, history) -> dict:
+    "A checkpoint of the experiment: chapter 04's run state without a buffer, plus the stream's generator and the history."
+    import random
+    return {"cfg": asdict(run.cfg), "step": run.step, "tokens": run.tokens, "seconds": run.seconds,
+            "saes": {k: s.state_dict() for k, s in run.saes.items()}, "opts": {k: o.state_dict() for k, o in run.opts.items()},
+            "scheds": {k: s.state_dict() for k, s in run.scheds.items()}, "sae_seconds": dict(run.sae_seconds),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "stream": g.get_state(), "history": history}
+
+# %% ../nbs/11_synthetic.ipynb #3018ff1b
+def world_experiment(world, cfg, out: str | Path, evals: int = 6, n_eval: int = 32768, progress: bool = True) -> list[dict]:
+    "Train every SAE of `cfg` on one stream of `world`, scoring all at `evals` points; resumable from `out`."
+    from tqdm.auto import tqdm
+    out, run = Path(out), Run(cfg); out.mkdir(parents=True, exist_ok=True); run.check(); run.build(world.d)
+    _check_world_file(out, world); world.to(run.device); ck = out / "checkpoint.pt"
+    xe, ce = world.sample(n_eval, torch.Generator(device=run.device).manual_seed(10**6))
+    g, history = torch.Generator(device=run.device).manual_seed(cfg.seed), []
+    if ck.exists():
+        state = load_checkpoint(ck, cfg); run.load_state(state); g.set_state(state["stream"]); history = state["history"]
+    else:
+        for s in run.saes.values(): s.init_b_dec(xe[:4096])
+    at = {round(run.total_steps * (i + 1) / evals) for i in range(evals)}
+    for _ in tqdm(range(run.step, run.total_steps), disable=not progress, desc=f"{len(run.saes)} SAEs"):
+        run.train_step(world.sample(cfg.batch_size, g)[0])
+        if run.step in at:
+            history.append(dict(step=run.step, samples=run.tokens, metrics={n: world_metrics(s, world, xe, ce) for n, s in run.saes.items()}))
+            atomic_save(_world_state(run, g, history), ck)
+            (out / "history.json.tmp").write_text(json.dumps(history)); os.replace(out / "history.json.tmp", out / "history.json")
+    return history
+
+# %% ../nbs/11_synthetic.ipynb #e2bf8b28
+def final_scores(history: list[dict]) -> dict[str, list[dict]]:
+    "The last evaluation's metrics by kind (display names), one dict per seed in seed order."
+    out = {}
+    for name, m in history[-1]["metrics"].items():
+        kind, seed = name.rsplit("-seed", 1)
+        out.setdefault(KIND_NAMES.get(kind, kind), []).append((int(seed), m))
+    return {k: [m for _, m in sorted(v, key=lambda t: t[0])] for k, v in out.items()}
+
+def relative_differences(scores: dict, metric: str, base: str = "BatchTopK", level: float = 0.95) -> dict[str, tuple]:
+    "Per kind: mean and `level` t-interval over seeds of kind / base - 1 on `metric`, paired by seed."
+    rel = {n: [{metric: r[metric] / b[metric] - 1} for r, b in zip(rows, scores[base])] for n, rows in scores.items() if n != base}
+    return {n: d[metric] for n, d in paired_differences({**rel, base: [{metric: 0.0}] * len(scores[base])}, base, level).items()}
+
+# %% ../nbs/11_synthetic.ipynb #159a5022
+def _power(n: int, sd: float, effect: float, level: float = 0.95) -> float:
+    "Probability that a paired t-test at `level` over `n` seeds rejects 'no difference' when the mean difference is `effect`."
+    from scipy.stats import t as student, nct
+    crit, nc = student.ppf((1 + level) / 2, n - 1), abs(effect) * math.sqrt(n) / sd
+    return 1 - nct.cdf(crit, n - 1, nc) + nct.cdf(-crit, n - 1, nc)
+
+def seeds_needed(sd: float, effect: float, level: float = 0.95, power: float = 0.8, max_n: int = 1000) -> int:
+    "Fewest seeds (>= 2) whose paired t-test detects a mean difference `effect` with probability `power`."
+    return next((n for n in range(2, max_n + 1) if _power(n, sd, effect, level) >= power), max_n)
+
+def detectable(sd: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    "The smallest mean difference that `n` seeds detect with probability `power` (bisection)."
+    lo, hi = 0.0, 100 * sd
+    for _ in range(60): lo, hi = ((lo + hi) / 2, hi) if _power(n, sd, (lo + hi) / 2, level) < power else (lo, (lo + hi) / 2)
+    return hi
+
+# %% ../nbs/11_synthetic.ipynb #fa252be3
+def claim_verdict(diff: tuple, direction: int = -1, paper: float | None = None, margin: float | None = None,
+                  control: bool = True) -> str:
+    "A label for the interval `diff` = (mean, low, high): a change claimed in `direction` (size `paper`), or no change within `margin`."
+    if not control: return "not testable here"
+    _, lo, hi = diff
+    if margin is not None:
+        if -margin <= lo and hi <= margin: return f"reproduced (within ±{margin:g})"
+        return f"not reproduced (differs by more than {margin:g})" if hi < -margin or lo > margin else "unresolved"
+    lo, hi = sorted((direction * lo, direction * hi))                  # positive: the claimed direction
+    big = abs(paper) if paper is not None else None
+    if lo > 0: return "reproduced" + (", smaller than the paper's" if big and hi < big else ", larger than the paper's" if big and lo > big else "")
+    if hi < 0: return "not reproduced: the opposite direction"
+    return "not reproduced: the interval excludes the paper's effect" if big and hi < big else "unresolved"
+
+# %% ../nbs/11_synthetic.ipynb #d36e7d42
+def pilot_seeds(history: list[dict], metric: str = "absorption", change: float = 0.3, minimum: int = 8,
+                level: float = 0.95, power: float = 0.8) -> dict:
+    "Seeds needed to detect a relative `change` of `metric` against BatchTopK, from a pilot's seed-to-seed spread."
+    import statistics
+    scores = final_scores(history)
+    rel = [[r[metric] / b[metric] - 1 for r, b in zip(rows, scores["BatchTopK"])] for n, rows in scores.items() if n != "BatchTopK"]
+    sd = max(statistics.stdev(v) for v in rel)
+    need = seeds_needed(sd, change, level, power)
+    return dict(sd=sd, needed=need, seeds=max(need, minimum))
+
+# %% ../nbs/11_synthetic.ipynb #178c566a
+def plot_history(history: list[dict], metrics: tuple = ("mcc", "f1", "absorption", "miss", "composition", "mean_cos_sim", "ev")):
+    "Each metric against samples seen: the mean over seeds per kind, shaded between the lowest and the highest seed."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.5 * len(metrics), 2.7), squeeze=False)
+    x = [r["samples"] / 1e6 for r in history]
+    for i, (kind, label) in enumerate(KIND_NAMES.items()):
+        names = [n for n in history[0]["metrics"] if n.rsplit("-seed", 1)[0] == kind]
+        for ax, m in zip(axes[0], metrics if names else ()):
+            v = torch.tensor([[r["metrics"][n][m] for n in names] for r in history])      # (evaluations, seeds)
+            ax.plot(x, v.nanmean(1), color=f"C{i}", label=label, marker=".")
+            ax.fill_between(x, v.min(1).values, v.max(1).values, color=f"C{i}", alpha=0.2)
+    for ax, m in zip(axes[0], metrics): ax.set_title(m, fontsize=9); ax.set_xlabel("samples seen (M)", fontsize=8)
+    axes[0][0].legend(fontsize=7); fig.tight_layout()
+    return fig
+
+# %% ../nbs/11_synthetic.ipynb #e8b7c433
+WORLD_CLAIMS = [dict(claim="absorption -65%", metric="absorption", relative=True, paper=-0.65),
+                dict(claim="composition -15%", metric="composition", relative=True, paper=-0.15),
+                dict(claim="more unique features (9% vs 1.5%)", metric="uniqueness", direction=+1),
+                dict(claim="similar explained variance", metric="ev", margin=0.01, gated=False),
+                dict(claim="similar MCC", metric="mcc", margin=0.02, gated=False)]
+
+def _diffs(scores: dict, c: dict, level: float) -> dict:
+    "Every kind's paired interval on claim `c`'s metric (relative or absolute) and OrtSAE's per-seed differences."
+    m, rel = c["metric"], c.get("relative", False)
+    diff = relative_differences(scores, m, level=level) if rel else {n: d[m] for n, d in paired_differences(scores, level=level).items()}
+    per_seed = [r[m] / b[m] - 1 if rel else r[m] - b[m] for r, b in zip(scores["OrtSAE"], scores["BatchTopK"])]
+    return diff, per_seed
+
+# %% ../nbs/11_synthetic.ipynb #0a5bf960
+def world_verdicts(scores: dict, claims: list = WORLD_CLAIMS, control: str = "Matryoshka", level: float = 0.95) -> list[dict]:
+    "Per claim: OrtSAE's and the control's paired intervals, the smallest effect the seeds could detect, and the verdict."
+    import statistics
+    passed = relative_differences(scores, "absorption", level=level)[control][2] < 0     # the control's interval below 0
+    rows = []
+    for c in claims:
+        diff, per_seed = _diffs(scores, c, level)
+        mde = detectable(max(statistics.stdev(per_seed), 1e-12), len(per_seed), level)
+        v = claim_verdict(diff["OrtSAE"], c.get("direction", -1), c.get("paper"), c.get("margin"), passed or not c.get("gated", True))
+        rows.append(dict(c, ortsae=diff["OrtSAE"], control=diff[control], detectable=mde, control_passed=passed, verdict=v))
+    return rows
+
+# %% ../nbs/11_synthetic.ipynb #40a1281f
+def verdict_table(rows: list[dict]) -> str:
+    "A markdown table of `world_verdicts`: the claim, OrtSAE's and the control's paired intervals, what the seeds could detect, the verdict."
+    f = lambda r, v: f"{v:+.0%}" if r.get("relative") else f"{v:+.3f}"
+    ci = lambda r, t: f"{f(r, t[0])} [{f(r, t[1])}, {f(r, t[2])}]"
+    out = ("| claim | OrtSAE - BatchTopK | Matryoshka - BatchTopK (control) | smallest detectable | verdict |\n"
+           "|---|---|---|---|---|\n")
+    out += "".join(f"| {r['claim']} | {ci(r, r['ortsae'])} | {ci(r, r['control'])} | {f(r, r['detectable']).lstrip('+')} | "
+                   f"{r['verdict']} |\n" for r in rows)
+    return out + f"\nPositive control (Matryoshka's absorption below BatchTopK's): {'passed' if rows[0]['control_passed'] else 'failed'}.\n"
+
+# %% ../nbs/11_synthetic.ipynb #c549ece5
+REPORT_COLUMNS = ["mcc", "uniqueness", "f1", "absorption", "miss", "composition", "mean_cos_sim", "ev", "l0", "dead", "shrinkage"]
+
+def world_report(history: list[dict], level: float = 0.95) -> str:
+    "Markdown: mean ± sd per kind; with two seeds or more, the paired differences to BatchTopK and a verdict per claim."
+    scores = final_scores(history)
+    out = table(summarize(scores), REPORT_COLUMNS)
+    if len(scores["BatchTopK"]) < 2: return out + "\nOne seed: no intervals and no verdicts.\n"
+    return out + "\n" + diff_table(paired_differences(scores, level=level), REPORT_COLUMNS) + "\n" + verdict_table(world_verdicts(scores, level=level))
