@@ -277,7 +277,7 @@ def _synth(args):
     device = _device(args.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this machine has no CUDA device; use --device cpu (or auto).")
-    out, cfg = Path(args.out or f"runs/synth-{args.world}"), world_config(args.width, args.k, args.seeds, args.steps, args.batch_size, device=device)
+    out, cfg = Path(args.out or f"runs/synth-{args.world}"), world_config(args.width, args.k, args.seeds, args.steps, args.batch_size, device=args.device)
     print(f"building the {args.world} world on {device} ...", flush=True)
     world = make_world(args.world, seed=args.world_seed, device=device); print(world, flush=True)
     hist = world_experiment(world, cfg, out, args.evals, args.eval_samples)

@@ -379,13 +379,13 @@ def to(self: SynthWorld, device):
 @patch
 def _gate(self: SynthWorld, a: Tensor, siblings: Tensor, g: torch.Generator | None):
     "One level of the trees, in place: children follow their parent (scaled or gated), then one sibling at random survives."
-    kids = siblings.flatten(); parents = self.parent[kids]
+    lo, (G, B) = int(siblings[0, 0]), siblings.shape                      # a level is one block of features (see `forest`)
+    kids, parents = a[:, lo:lo + G * B], self.parent[lo:lo + G * B]       # a view: changing `kids` changes `a`
     pa = a[:, parents]
-    a[:, kids] *= pa / self.mean[parents] if self.scale_children else (pa > 0).float()
-    on = a[:, siblings] > 0                                               # (n, groups, branching)
+    kids *= pa / self.mean[parents] if self.scale_children else (pa > 0).float()
+    on = (kids > 0).view(-1, G, B)
     score = torch.rand(on.shape, generator=g, device=a.device).masked_fill(~on, -1)
-    keep = F.one_hot(score.argmax(-1), siblings.shape[1]).bool() & on     # the random winner, if any sibling is on
-    a[:, kids] *= keep.flatten(1).float()
+    kids *= (F.one_hot(score.argmax(-1), B).bool() & on).view(len(a), -1)  # keep the random winner, if any sibling is on
 
 # %% ../nbs/11_synthetic.ipynb #60b86d59
 @patch
@@ -393,9 +393,9 @@ def codes(self: SynthWorld, n: int, g: torch.Generator | None = None) -> Tensor:
     "`n` samples of the true features' activations `(n, N)`: correlated firing, magnitudes, then the trees."
     dev = self.mean.device
     z = torch.randn(n, self.corr.shape[1], generator=g, device=dev) @ self.corr.T
-    on = z.addcmul_(torch.randn(n, self.N, generator=g, device=dev), self.noise_sd) > self.threshold
+    r, c = (z.addcmul_(torch.randn(n, self.N, generator=g, device=dev), self.noise_sd) > self.threshold).nonzero(as_tuple=True)
     a = torch.zeros(n, self.N, device=dev)
-    a[on] = (self.mean.expand(n, -1)[on] + self.std.expand(n, -1)[on] * torch.randn(int(on.sum()), generator=g, device=dev)).relu()
+    a[r, c] = (self.mean[c] + self.std[c] * torch.randn(len(c), generator=g, device=dev)).relu()
     for siblings in self.groups: self._gate(a, siblings, g)
     return a
 
