@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_activations.ipynb #307f3ed2
 from __future__ import annotations
-import contextlib, importlib.util, io, json, math, os, re, subprocess, sys, tarfile, tempfile, time
+import contextlib, importlib.util, io, json, math, os, re, shutil, subprocess, sys, tarfile, tempfile, time
 from pathlib import Path
 from typing import Iterable, Iterator
 import torch
@@ -58,7 +58,10 @@ def offline_model_dir() -> Path:
     hf.config.quantization_config, hf.hf_quantizer, hf.is_quantized = None, None, False  # now plain fp32
     tmp = Path(tempfile.mkdtemp(dir=out.parent))
     hf.save_pretrained(tmp); tok.save_pretrained(tmp)
-    tmp.rename(out)
+    try: tmp.rename(out)
+    except OSError:                                  # another process (a notebook run beside this one) built it first
+        if not (out / "config.json").exists(): raise
+        shutil.rmtree(tmp)                           # ours is the same model: keep theirs
     return out
 
 # %% ../nbs/00_activations.ipynb #51c93726
