@@ -330,19 +330,13 @@ def orthogonalize(W: Tensor, steps: int = 100, lr: float = 3e-4, chunk: int = 10
         opt.step()
     return F.normalize(W.detach(), dim=1)
 
+# %% ../nbs/11_synthetic.ipynb #ed2006af
 def max_overlap(W: Tensor, chunk: int = 4096) -> float:
     "Mean over rows of the largest |cos| to another row (SynthSAEBench's rho_mm)."
     W, out = F.normalize(W.float(), dim=1), []
     for i in range(0, len(W), chunk):
         C = (W[i:i + chunk] @ W.T).abs(); C.diagonal(offset=i).fill_(0); out.append(C.max(1).values)
     return torch.cat(out).mean().item()
-
-# %% ../nbs/11_synthetic.ipynb #e82c9081
-WORLDS = {   # the SynthWorld defaults are SynthSAEBench-16k's recipe; the others change only what is listed
-    "synthsaebench-16k": dict(),
-    "cpu": dict(n_features=4096, d=192, n_roots=32, p_max=0.2),
-    "tiny": dict(n_features=512, d=32, n_roots=4, p_max=0.2, ortho_steps=10),
-}
 
 # %% ../nbs/11_synthetic.ipynb #e74e5c35
 class SynthWorld:
@@ -365,6 +359,13 @@ class SynthWorld:
         b, W = torch.randn(d, generator=g), torch.randn(n_features, d, generator=g)
         self.bias, self.scale = bias * b / b.norm(), 1.0
         self.to(device); self.D = orthogonalize(W.to(device), ortho_steps, ortho_lr)
+
+# %% ../nbs/11_synthetic.ipynb #e82c9081
+WORLDS = {   # the SynthWorld defaults are SynthSAEBench-16k's recipe; the others change only what is listed
+    "synthsaebench-16k": dict(),
+    "cpu": dict(n_features=4096, d=192, n_roots=32, p_max=0.2),
+    "tiny": dict(n_features=512, d=32, n_roots=4, p_max=0.2, ortho_steps=10),
+}
 
 # %% ../nbs/11_synthetic.ipynb #b5a3dfa0
 @patch
@@ -399,6 +400,7 @@ def codes(self: SynthWorld, n: int, g: torch.Generator | None = None) -> Tensor:
     for siblings in self.groups: self._gate(a, siblings, g)
     return a
 
+# %% ../nbs/11_synthetic.ipynb #907c8692
 @patch
 def sample(self: SynthWorld, n: int, g: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     "`n` activations `x = scale * (a @ D + bias)` and their true codes `a`."
@@ -417,6 +419,7 @@ def __repr__(self: SynthWorld):
     return (f"SynthWorld(N={self.N}, d={self.d}, {len(self.groups[0]) if self.groups else 0} trees, "
             f"{(self.level >= 0).sum().item()} features in trees, overlap {max_overlap(self.D):.3f})")
 
+# %% ../nbs/11_synthetic.ipynb #c150e686
 def make_world(name: str = "cpu", seed: int = 0, device: str = "cpu", **overrides) -> SynthWorld:
     "A named world from `WORLDS` (with `overrides`), its activations scaled so that E||x||^2 = d."
     if name not in WORLDS: raise ValueError(f"Unknown world {name!r}: use one of {sorted(WORLDS)}.")
@@ -499,15 +502,6 @@ def _write_json(path: Path, obj):
     "Write JSON through a temporary file and an atomic rename."
     tmp = path.with_name(path.name + ".tmp"); tmp.write_text(json.dumps(obj)); os.replace(tmp, path)
 
-# %% ../nbs/11_synthetic.ipynb #7def50e7
-def _world_state(run, g, history) -> dict:
-    "A checkpoint of the experiment: chapter 04's run state without a buffer, plus the stream's generator and the history."
-    import random
-    return {"cfg": asdict(run.cfg), "step": run.step, "tokens": run.tokens, "seconds": run.seconds,
-            "saes": {k: s.state_dict() for k, s in run.saes.items()}, "opts": {k: o.state_dict() for k, o in run.opts.items()},
-            "scheds": {k: s.state_dict() for k, s in run.scheds.items()}, "sae_seconds": dict(run.sae_seconds),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "stream": g.get_state(), "history": history}
-
 # %% ../nbs/11_synthetic.ipynb #3018ff1b
 def world_experiment(world, cfg, out: str | Path, evals: int = 6, n_eval: int = 32768, progress: bool = True) -> list[dict]:
     "Train every SAE of `cfg` on one stream of `world`, scoring all at `evals` points; resumable from `out`."
@@ -525,7 +519,7 @@ def world_experiment(world, cfg, out: str | Path, evals: int = 6, n_eval: int = 
         run.train_step(world.sample(cfg.batch_size, g)[0])
         if run.step in at:
             history.append(dict(step=run.step, samples=run.tokens, metrics={n: world_metrics(s, world, xe, ce) for n, s in run.saes.items()}))
-            atomic_save(_world_state(run, g, history), ck); _write_json(out / "history.json", history)
+            atomic_save({**run.state(), "stream": g.get_state(), "history": history}, ck); _write_json(out / "history.json", history)
     _write_json(out / "history.json", history)                          # also when a finished run is read back
     return history
 
@@ -538,9 +532,13 @@ def final_scores(history: list[dict]) -> dict[str, list[dict]]:
         out.setdefault(KIND_NAMES.get(kind, kind), []).append((int(seed), m))
     return {k: [m for _, m in sorted(v, key=lambda t: t[0])] for k, v in out.items()}
 
+def _seed_diffs(scores: dict, name: str, metric: str, relative: bool, base: str = "BatchTopK") -> list[float]:
+    "Seed by seed: `name` / `base` - 1 (relative) or `name` - `base` on `metric`."
+    return [r[metric] / b[metric] - 1 if relative else r[metric] - b[metric] for r, b in zip(scores[name], scores[base])]
+
 def relative_differences(scores: dict, metric: str, base: str = "BatchTopK", level: float = 0.95) -> dict[str, tuple]:
     "Per kind: mean and `level` t-interval over seeds of kind / base - 1 on `metric`, paired by seed."
-    rel = {n: [{metric: r[metric] / b[metric] - 1} for r, b in zip(rows, scores[base])] for n, rows in scores.items() if n != base}
+    rel = {n: [{metric: v} for v in _seed_diffs(scores, n, metric, True, base)] for n in scores if n != base}
     return {n: d[metric] for n, d in paired_differences({**rel, base: [{metric: 0.0}] * len(scores[base])}, base, level).items()}
 
 # %% ../nbs/11_synthetic.ipynb #159a5022
@@ -581,7 +579,7 @@ def pilot_seeds(history: list[dict], metric: str = "absorption", change: float =
                 level: float = 0.95, power: float = 0.8) -> dict:
     "Seeds needed to detect a relative `change` of `metric` against BatchTopK, from a pilot's seed-to-seed spread."
     scores = final_scores(history)
-    rel = [[r[metric] / b[metric] - 1 for r, b in zip(rows, scores["BatchTopK"])] for n, rows in scores.items() if n != "BatchTopK"]
+    rel = [_seed_diffs(scores, n, metric, True) for n in scores if n != "BatchTopK"]
     sd = max(torch.tensor(v, dtype=torch.float64).std().item() for v in rel)
     need = seeds_needed(sd, change, level, power)
     return dict(sd=sd, needed=need, seeds=max(need, minimum))
@@ -613,8 +611,7 @@ def _diffs(scores: dict, c: dict, level: float) -> dict:
     "Every kind's paired interval on claim `c`'s metric (relative or absolute) and OrtSAE's per-seed differences."
     m, rel = c["metric"], c.get("relative", False)
     diff = relative_differences(scores, m, level=level) if rel else {n: d[m] for n, d in paired_differences(scores, level=level).items()}
-    per_seed = [r[m] / b[m] - 1 if rel else r[m] - b[m] for r, b in zip(scores["OrtSAE"], scores["BatchTopK"])]
-    return diff, per_seed
+    return diff, _seed_diffs(scores, "OrtSAE", m, rel)
 
 # %% ../nbs/11_synthetic.ipynb #0a5bf960
 def world_verdicts(scores: dict, claims: list = WORLD_CLAIMS, control: str = "Matryoshka", level: float = 0.95) -> list[dict]:

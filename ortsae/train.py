@@ -321,7 +321,7 @@ def _state(self: Run) -> dict:
             "saes": {k: s.state_dict() for k, s in self.saes.items()},
             "opts": {k: o.state_dict() for k, o in self.opts.items()},
             "scheds": {k: s.state_dict() for k, s in self.scheds.items()},
-            "buffer": self.buffer.state_dict(), "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "buffer": None if self.buffer is None else self.buffer.state_dict(), "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "sae_seconds": self.sae_seconds, "model_dtype": self.lm_dtype}
 Run.state = _state
 
