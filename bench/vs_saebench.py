@@ -72,7 +72,10 @@ def random_sae(d_in: int, d_sae: int, k: int, x: torch.Tensor, folder: Path) -> 
 
 
 def ortsae_side(folders: dict, npz: Path, mains: dict) -> dict:
-    "ortsae's absorption per SAE: its own recipe (centre False and True), and with each SAEBench run's main latents."
+    "ortsae's absorption per SAE: its own recipe (centre False and True), and with each SAEBench run's main latents.
+
+    Main latents are chosen as SAEBench chooses them (`select="test"`: k by F1 on the scored words), so that the two
+    sides compare like with like; ortsae's own evaluations choose them on training words (chapter 07)."""
     from ortsae.sae import load_sae
     from ortsae.metrics import letter_probes, first_letter_absorption
     d = np.load(npz)
@@ -82,9 +85,9 @@ def ortsae_side(folders: dict, npz: Path, mains: dict) -> dict:
     out = {"letters": sorted(chr(97 + l) for l in data["letters"])}
     for name, f in folders.items():
         sae = load_sae(f)
-        out[name] = {"own, P=x.p": first_letter_absorption(sae, data, centre=False),
-                     "own, P=(x-b_dec).p": first_letter_absorption(sae, data, centre=True),
-                     "recipe='saebench'": first_letter_absorption(sae, sb_recipe, centre=False, recipe="saebench")}
+        out[name] = {"own, P=x.p": first_letter_absorption(sae, data, centre=False, select="test"),
+                     "own, P=(x-b_dec).p": first_letter_absorption(sae, data, centre=True, select="test"),
+                     "recipe='saebench'": first_letter_absorption(sae, sb_recipe, centre=False, recipe="saebench", select="test")}
         for label, (m, sb_data) in mains.items():
             out[name][f"{label}'s main latents"] = first_letter_absorption(sae, data, centre=False, main=m[name])
             out[name][f"{label}'s probe + main latents"] = first_letter_absorption(sae, sb_data, centre=False, main=m[name])
@@ -136,7 +139,8 @@ def seed_spread(folders: dict, unit: dict, npz: Path, work: Path, n: int):
     for s in range(42, 42 + n):
         sb[s] = saebench(npz, unit, work, ["--seed", str(s)])
         data = letter_probes(x, y, split, min_probe_f1=0.6, min_letters=0, recipe="saebench", seed=s)
-        ort[s] = {name: first_letter_absorption(load_sae(f), data, centre=False, recipe="saebench", seed=s)["letters"]
+        ort[s] = {name: first_letter_absorption(load_sae(f), data, centre=False, recipe="saebench", seed=s,
+                                                 select="test")["letters"]
                   for name, f in folders.items()}
     common = sorted(set.intersection(*[set(r["letters_evaluated"]) for r in sb.values()],
                                      *[set(o[next(iter(folders))]) for o in ort.values()]))

@@ -190,27 +190,30 @@ def _summary(fr: list[Tensor], fu: list[Tensor], per: dict, n_boot: int) -> dict
 
 # %% ../nbs/07_absorption.ipynb #1fe9ae17
 def _letter_mains(fp: Tensor, y: Tensor, s: int, letters: list[int], main: dict | None, l1: float, recipe: str, seed: int,
-                  max_k: int, jump: float) -> dict[int, tuple[list[int], list[float]]]:
-    "Each letter's main latents and k-sparse F1s: as given in `main`, else ranked by the L1 probe on the first `s` words."
+                  max_k: int, jump: float, select: str = "train") -> dict[int, tuple[list[int], list[float]]]:
+    "Each letter's main latents and k-sparse F1s: as given in `main`, else chosen on the first `s` (training) words."
+    if select not in ("train", "test"): raise ValueError(f"select={select!r}: use 'train' (a validation slice of the training words) or 'test' (SAEBench's choice).")
     todo = [l for l in letters if (main or {}).get(chr(97 + l)) is None]
     ranks = rank_latents(fp[:s], y[:s], l1=l1, recipe=recipe, seed=seed) if todo else None
-    return {l: main_latents(fp[:s], (y[:s] == l).long(), fp[s:], (y[s:] == l).long(), ranks[l], max_k, jump) if l in todo
+    fit, val = (slice(0, s - s // 4), slice(s - s // 4, s)) if select == "train" else (slice(0, s), slice(s, None))
+    return {l: main_latents(fp[fit], (y[fit] == l).long(), fp[val], (y[val] == l).long(), ranks[l], max_k, jump) if l in todo
                else (main[chr(97 + l)], []) for l in letters}
 
 # %% ../nbs/07_absorption.ipynb #0542ff60
 @torch.no_grad()
 def first_letter_absorption(sae, data: dict, centre: bool = True, l1: float = 1e-3, max_k: int = 10, jump: float = 0.03,
                             n_boot: int = 1000, main: dict[str, list[int]] | None = None, recipe: str = "ortsae",
-                            seed: int = 0, **thresholds) -> dict:
-    "Mean absorption fraction and full-absorption rate (95% bootstrap intervals) over `data`'s letters; `main` overrides main latents."
-    dev = sae.W_dec.device
+                            seed: int = 0, select: str = "train", word_seed: int | None = None, **thresholds) -> dict:
+    "Mean absorption and full-absorption rate (95% bootstrap intervals) over `data`'s letters; `word_seed`: on a resample of the test words."
+    dev, g = sae.W_dec.device, None if word_seed is None else torch.Generator().manual_seed(word_seed)
     x, y, s, probe = data["x"].to(dev), data["y"].to(dev), data["split"], data["probe"].to(dev)
     f, per, fr, fu = sae.encode(x), {}, [], []
     # SAEBench's SAEs have unit-norm decoder rows; ours fold the activation scale into them. Its probes see the
     # activations of the equivalent unit-norm SAE (ours times the row norms): the L1 ranking is not scale-free.
     fp = f * sae.W_dec.norm(dim=1) if recipe == "saebench" else f
-    for l, (ml, f1s) in _letter_mains(fp, y, s, data["letters"], main, l1, recipe, seed, max_k, jump).items():
+    for l, (ml, f1s) in _letter_mains(fp, y, s, data["letters"], main, l1, recipe, seed, max_k, jump, select).items():
         if (sc := letter_scores(sae, f[s:], x[s:], y[s:], probe, l, ml, centre, **thresholds)) is None: continue
+        if g is not None: i = torch.randint(len(sc[0]), (len(sc[0]),), generator=g).to(dev); sc = (sc[0][i], sc[1][i])
         fr.append(sc[0]); fu.append(sc[1].float())
         per[chr(97 + l)] = dict(absorption=sc[0].mean().item(), full_absorption=sc[1].float().mean().item(),
                                 main_latents=ml, k_sparse_f1=[round(v, 4) for v in f1s], n_words=len(sc[0]))

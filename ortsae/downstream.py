@@ -4,19 +4,21 @@
 
 # %% ../nbs/09_downstream.ipynb #ac6962ec
 from __future__ import annotations
-import json, random
+import json, random, warnings
 from pathlib import Path
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
 __all__ = ['ACTIVITIES', 'SCR_PAIRS', 'FILL', 'NAMES', 'SURNAMES', 'HOBBIES', 'FAMILY', 'GENRES', 'SIZES', 'HUB_DATASETS',
-           'AMAZON_CATEGORIES', 'EVALS', 'NS', 'KS', 'biography', 'biographies', 'play_genre', 'genre_passages',
-           'segment_mean', 'text_set', 'pooled_codes', 'ablate', 'fit_probe', 'accuracy', 'node_effects', 'top_latents',
-           'scr_setup', 'scr_scores', 'class_splits', 'tpp_setup', 'tpp_scores', 'top_k_mean_diff', 'sparse_probing',
-           'hub_rows', 'downstream_data', 'downstream_setup', 'downstream_metrics', 'random_sae',
-           'load_downstream_data', 'evaluate_downstream', 'downstream_table', 'plot_downstream']
+           'AMAZON_CATEGORIES', 'EVALS', 'NS', 'KS', 'ALL_EVALS', 'biography', 'biographies', 'play_genre',
+           'genre_passages', 'segment_mean', 'text_set', 'pooled_codes', 'ablate', 'fit_probe', 'accuracy',
+           'node_effects', 'top_latents', 'scr_setup', 'scr_scores', 'class_splits', 'tpp_setup', 'tpp_scores',
+           'top_k_mean_diff', 'sparse_probing', 'sae_probes_ranking', 'best_c_auc', 'sae_probes_scores', 'hub_rows',
+           'downstream_data', 'downstream_setup', 'downstream_metrics', 'random_sae', 'load_downstream_data',
+           'evaluate_downstream', 'downstream_table', 'plot_downstream']
 
 # %% ../nbs/09_downstream.ipynb #0b9055e8
 ACTIVITIES = {  # what each profession does; the profession itself is never named (like Bias in Bios' hard_text)
@@ -286,6 +288,43 @@ def sparse_probing(codes: Tensor, tasks: dict, ks=(1, 2, 5), C: float = 1.0) -> 
                 out[k].append(accuracy(fit_probe(codes[i][:, lat], y, C), codes[j][:, lat], yj))
     return {k: sum(v) / len(v) for k, v in out.items()}
 
+# %% ../nbs/09_downstream.ipynb #9e31f298
+def sae_probes_ranking(codes: Tensor, y: Tensor) -> Tensor:
+    "Latents by |class difference of means| after scaling each latent by its mean nonzero activation (sae-probes), best first."
+    scale = codes.sum(0) / ((codes != 0).sum(0) + 1e-6)
+    z = codes / (scale + 1e-6)
+    return (z[y == 1].mean(0) - z[y == 0].mean(0)).abs().argsort(descending=True)
+
+# %% ../nbs/09_downstream.ipynb #e956a04d
+def best_c_auc(xtr, ytr, xte, yte, seed: int = 1, max_iter: int = 200) -> float:
+    "sae-probes' probe: L2 logistic regression with C picked by validation AUC (10 values, 1e5 to 1e-5); its test ROC AUC."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.exceptions import ConvergenceWarning
+    n, Cs = len(xtr), np.logspace(5, -5, 10)
+    folds = (list(StratifiedKFold(6, shuffle=True, random_state=42).split(xtr, ytr)) if n < 128
+             else [(np.arange(n - min(n // 5, 100)), np.arange(n - min(n // 5, 100), n))])
+    folds = [(a, b) for a, b in folds if len(np.unique(ytr[b])) == 2]
+    fit = lambda C, a: LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(xtr[a], ytr[a])
+    with warnings.catch_warnings():                           # weakly regularised fits on separable classes never converge
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        val = [np.mean([roc_auc_score(ytr[b], fit(C, a).predict_proba(xtr[b])[:, 1]) for a, b in folds]) for C in Cs]
+        return float(roc_auc_score(yte, fit(Cs[int(np.argmax(val))], np.arange(n)).predict_proba(xte)[:, 1]))
+
+# %% ../nbs/09_downstream.ipynb #8892a624
+@torch.no_grad()
+def sae_probes_scores(codes: Tensor, tasks: dict, ks=(1, 4, 16), seed: int = 0) -> dict[int, float]:
+    "Mean test AUC over every class of every task of sae-probes' probe on the top-k latents (training rows shuffled by `seed`)."
+    out, g = {k: [] for k in ks}, np.random.default_rng(seed)
+    for splits in tasks.values():
+        for i, y, j, yj in splits.values():
+            o = g.permutation(len(i)); i, y = i[o], y[o]                 # sae-probes validates on the last training rows
+            ctr, cte, ytr, yte = codes[i.to(codes.device)].float(), codes[j.to(codes.device)].float(), y.numpy(), yj.numpy()
+            rank = sae_probes_ranking(ctr, y.to(codes.device))
+            for k in ks: out[k].append(best_c_auc(ctr[:, rank[:k]].cpu().numpy(), ytr, cte[:, rank[:k]].cpu().numpy(), yte))
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
 # %% ../nbs/09_downstream.ipynb #3f668d43
 SIZES = {"smoke": dict(per_cell=60, n_test=12, per_genre=90), "default": dict(per_cell=250, n_test=50, per_genre=300),
          "saebench": dict(per_cell=2250, n_test=250, per_genre=300)}   # texts per (class, attribute) cell, of which n_test tested
@@ -357,6 +396,7 @@ def downstream_data(model, hook: str, source: str = "standin", size: str = "defa
 
 # %% ../nbs/09_downstream.ipynb #e9c82dae
 EVALS, NS, KS = ("scr", "tpp", "sparse_probing"), (2, 5, 10, 20, 50, 100, 500), (1, 2, 5)
+ALL_EVALS = EVALS + ("sae_probes",)   # sae-probes' protocol: asked for by name (chapter 14 does)
 
 def downstream_setup(data: dict, seed: int = 0) -> dict:
     "Every probe on the model's activations, and the model's accuracies (SCR pairs, TPP classes, sparse-probing tasks)."
@@ -371,9 +411,9 @@ def downstream_setup(data: dict, seed: int = 0) -> dict:
 
 # %% ../nbs/09_downstream.ipynb #4b98663d
 def downstream_metrics(sae, data: dict, setup: dict, evals=EVALS, ns=NS, ks=KS) -> dict:
-    "SCR (mean over pairs and per pair), TPP and sparse probing (mean over tasks and per task) of one SAE."
-    unknown = set(evals) - set(EVALS)
-    if unknown: raise ValueError(f"Unknown evaluations {sorted(unknown)}: choose from {list(EVALS)}.")
+    "SCR (mean over pairs and per pair), TPP, sparse probing and sae-probes' AUC (mean over tasks and per task) of one SAE."
+    unknown = set(evals) - set(ALL_EVALS)
+    if unknown: raise ValueError(f"Unknown evaluations {sorted(unknown)}: choose from {list(ALL_EVALS)}.")
     codes, W, S, out = {}, sae.W_dec.detach(), data["sets"], {}
     code = lambda s: codes[s] if s in codes else codes.setdefault(s, pooled_codes(sae, S[s]))
     if "scr" in evals:
@@ -383,6 +423,9 @@ def downstream_metrics(sae, data: dict, setup: dict, evals=EVALS, ns=NS, ks=KS) 
     if "sparse_probing" in evals:
         per = {name: sparse_probing(code(s), {name: sp}, ks) for name, (s, sp) in setup["sparse"].items()}
         out.update(sparse_probing={k: sum(p[k] for p in per.values()) / len(per) for k in ks}, sparse_probing_tasks=per)
+    if "sae_probes" in evals:
+        per = {name: sae_probes_scores(code(s), {name: sp}) for name, (s, sp) in setup["sparse"].items()}
+        out.update(sae_probes={k: sum(p[k] for p in per.values()) / len(per) for k in next(iter(per.values()))}, sae_probes_tasks=per)
     return out
 
 # %% ../nbs/09_downstream.ipynb #609957c1
@@ -413,15 +456,21 @@ def load_downstream_data(model_name: str, hook: str, source: str = "standin", si
 
 # %% ../nbs/09_downstream.ipynb #d870810a
 def evaluate_downstream(run_dir: str | Path, evals=EVALS, source: str = "standin", size: str = "default", device: str = "cpu",
-                        data: dict | None = None, seed: int = 0, progress: bool = True) -> dict:
+                        data: dict | None = None, seed: int = 0, progress: bool = True, split_seed: int | None = None,
+                        calib_tokens: int = 0) -> dict:
     "SCR, TPP and sparse probing for every SAE of a run folder and a random SAE; writes `downstream.json` there."
+    # split_seed: which texts train and test each probe (default `seed`); calib_tokens: calibrate the random SAE on the
+    # run's held-out activations, as evaluate_run calibrates the trained ones (0: on the biographies' tokens)
     from tqdm.auto import tqdm
     from ortsae.metrics import _load_run
     cfg, paths, saes = _load_run(Path(run_dir), device)
     data = data or load_downstream_data(cfg.model, cfg.hook, source, size, seed, device, progress)
-    setup, any_sae = downstream_setup(data, seed), next(iter(saes.values()))
-    saes = saes | {"random": random_sae(any_sae.d_in, any_sae.d_sae, any_sae.k, data["sets"]["bios"]["acts"][:20_000], device=device)}
-    out = dict(run=str(run_dir), evals=list(evals), data=data["info"], llm=setup["llm"], saes={})
+    setup, any_sae = downstream_setup(data, seed if split_seed is None else split_seed), next(iter(saes.values()))
+    from ortsae.metrics import _heldout
+    calib = _heldout(cfg, Path(run_dir), calib_tokens, device)[0] if calib_tokens else data["sets"]["bios"]["acts"][:20_000]
+    saes = saes | {"random": random_sae(any_sae.d_in, any_sae.d_sae, any_sae.k, calib, device=device)}
+    out = dict(run=str(run_dir), evals=list(evals), data=data["info"], llm=setup["llm"], saes={}, split_seed=split_seed,
+               random_calibrated_on="held-out activations" if calib_tokens else "the biographies' tokens")
     for name, sae in tqdm(saes.items(), desc="downstream evaluations", disable=not progress, leave=False):
         out["saes"][name] = downstream_metrics(sae, data, setup, evals)
     out = json.loads(json.dumps(out))                         # integer keys (N, k) become strings, as when reloaded

@@ -12,7 +12,7 @@ from .orthogonality import cosine_matrix
 
 # %% auto #0
 __all__ = ['THRESHOLDS', 'META_SEED', 'max_cosines', 'mean_cos_sim', 'clustering_coefficient', 'composition_rate',
-           'unique_fraction', 'plot_comparison', 'geometry_metrics', 'random_decoder']
+           'unique_fraction', 'plot_comparison', 'geometry_metrics', 'random_decoder', 'matched_random_decoder']
 
 # %% ../nbs/06_geometry.ipynb #d71c2d9c
 @torch.no_grad()
@@ -62,19 +62,20 @@ THRESHOLDS = [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8]   # cosine th
 META_SEED = 0x5EED_C0DE   # offsets the meta-SAE's initialisation from every seed an SAE of a run uses
 
 def composition_rate(W_dec: Tensor, k: int = 4, width_frac: float = 0.25, steps: int = 1500, batch_size: int = 1024,
-                     lr: float = 5e-4, seed: int = 0) -> float:
-    "Explained variance of a BatchTopK meta-SAE (k=4, m/4 latents) trained on the rows of `W_dec`; lower: more atomic."
+                     lr: float = 5e-4, seed: int = 0, heldout: bool = False) -> float:
+    "Explained variance of a BatchTopK meta-SAE (k=4, m/4 latents) on the rows of `W_dec` (`heldout`: fit on half, score the rest)."
     rows = torch.nn.functional.normalize(W_dec.detach().float(), dim=1) * math.sqrt(W_dec.shape[1])
-    meta = BatchTopKSAE(rows.shape[1], max(k, int(len(rows) * width_frac)), k=k, k_aux=min(64, len(rows)),
+    fit = score = rows
+    if heldout: i = torch.randperm(len(rows), generator=torch.Generator().manual_seed(META_SEED + seed)).to(rows.device); fit, score = rows[i[::2]], rows[i[1::2]]
+    meta = BatchTopKSAE(rows.shape[1], max(k, int(len(rows) * width_frac)), k=k, k_aux=min(64, len(fit)),
                         seed=META_SEED + seed).to(rows.device)           # never an SAE's own seed (see below)
-    meta.init_b_dec(rows)
+    meta.init_b_dec(fit)
     opt, g = torch.optim.Adam(meta.parameters(), lr=lr), torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        out = meta.loss(rows[torch.randint(len(rows), (batch_size,), generator=g, device="cpu").to(rows.device)])
+        out = meta.loss(fit[torch.randint(len(fit), (batch_size,), generator=g, device="cpu").to(rows.device)])
         opt.zero_grad(); out["loss"].backward(); meta.remove_parallel_grad(); opt.step(); meta.normalize_decoder()
-    with torch.no_grad():
-        x_hat = meta.decode(batch_topk(meta.pre_acts(rows), k))
-    return (1 - (rows - x_hat).pow(2).sum() / (rows - rows.mean(0)).pow(2).sum()).item()
+    with torch.no_grad(): x_hat = meta.decode(batch_topk(meta.pre_acts(score), k))
+    return (1 - (score - x_hat).pow(2).sum() / (score - score.mean(0)).pow(2).sum()).item()
 
 # %% ../nbs/06_geometry.ipynb #5a4949e7
 def unique_fraction(W_a: Tensor, W_b: Tensor, threshold: float = 0.2, chunk: int = 2048) -> float:
@@ -105,11 +106,21 @@ def plot_comparison(results: dict[str, dict], W: dict[str, Tensor] | None = None
     return fig
 
 # %% ../nbs/06_geometry.ipynb #5545abf3
-def geometry_metrics(W: Tensor, composition_steps: int = 1500) -> dict:
-    "MeanCosSim, clustering (at `THRESHOLDS`) and composition rate of a decoder `W`."
+def geometry_metrics(W: Tensor, composition_steps: int = 1500, seed: int = 0, heldout: bool = False) -> dict:
+    "MeanCosSim, clustering (at `THRESHOLDS`) and composition rate (meta-SAE `seed`, `heldout` rows) of a decoder `W`."
     return dict(mean_cos_sim=mean_cos_sim(W), clustering=[clustering_coefficient(W, t) for t in THRESHOLDS],
-                composition_rate=composition_rate(W, steps=composition_steps))
+                composition_rate=composition_rate(W, steps=composition_steps, seed=seed, heldout=heldout))
 
 def random_decoder(d_sae: int, d_in: int, seed: int = 12345, device: str = "cpu") -> Tensor:
     "A random decoder of the same shape (Gaussian rows): the chance level of every geometry metric."
     return torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(seed), device="cpu").to(device)
+
+# %% ../nbs/06_geometry.ipynb #53e06057
+def matched_random_decoder(W: Tensor, seed: int = 12345) -> Tensor:
+    "Gaussian rows with `W`'s second-moment matrix (its spectrum) and `W`'s row norms in random order: chance for `W`'s shape."
+    W = W.detach().float(); g = torch.Generator().manual_seed(seed)
+    evals, evecs = torch.linalg.eigh(W.T @ W / len(W))
+    root = evecs * evals.clamp_min(0).sqrt() @ evecs.T                  # symmetric square root of the second moment
+    R = torch.randn(W.shape, generator=g, device="cpu").to(W.device) @ root
+    norms = W.norm(dim=1)[torch.randperm(len(W), generator=g, device="cpu").to(W.device)]
+    return torch.nn.functional.normalize(R, dim=1) * norms[:, None]

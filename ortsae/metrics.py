@@ -14,7 +14,7 @@ from .geometry import *
 from .absorption import *
 
 # %% auto #0
-__all__ = ['calibrate_threshold', 'save_threshold', 'table1', 'evaluate_run']
+__all__ = ['calibrate_threshold', 'save_threshold', 'saebench_letters', 'table1', 'evaluate_run']
 
 # %% ../nbs/08_evaluation.ipynb #3ba598ce
 def _train_position(run_dir: Path) -> tuple[int, bool, str]:
@@ -118,11 +118,16 @@ def _ce_corpus(cfg, held: dict, model, device: str):
     return model, (meta["source"], meta["ctx_len"], meta["model_batch"], _batches_before(model, meta, held["rows_before"] + held["tokens"]))
 
 # %% ../nbs/08_evaluation.ipynb #c9db56df
-def _absorption_metrics(sae, letters: dict) -> dict:
-    "Chapter 07's first-letter absorption of `sae`, with its intervals and per-letter details."
-    a = first_letter_absorption(sae, letters)
-    return dict(absorption=a["mean_absorption"], absorption_ci=a["absorption_ci"], full_absorption=a["mean_full_absorption"],
-                full_absorption_ci=a["full_absorption_ci"], absorption_letters=a["letters"])
+def saebench_letters(letters: dict, seed: int = 0, min_probe_f1: float = 0.6) -> dict:
+    "`letters` (chapter 07's letter data) with SAEBench's ground-truth probe, trained on the same training words."
+    return letter_probes(letters["x"], letters["y"], letters["split"], min_probe_f1, min_letters=0, recipe="saebench", seed=seed)
+
+def _absorption_metrics(sae, letters: dict, recipe: str = "ortsae", word_seed: int | None = None) -> dict:
+    "Chapter 07's first-letter absorption of `sae` by `recipe`, with its intervals and per-letter details."
+    sb = recipe == "saebench"; tag = "_saebench" if sb else ""
+    a = first_letter_absorption(sae, letters, centre=not sb, recipe=recipe, seed=word_seed or 0, word_seed=word_seed)
+    return {f"absorption{tag}": a["mean_absorption"], f"absorption{tag}_ci": a["absorption_ci"], f"full_absorption{tag}": a["mean_full_absorption"],
+            f"full_absorption{tag}_ci": a["full_absorption_ci"], f"absorption{tag}_letters": a["letters"]}
 
 # %% ../nbs/08_evaluation.ipynb #08d01a3b
 def _ce_metrics(model, sae, baselines: list[dict], hook: str) -> dict:
@@ -131,8 +136,9 @@ def _ce_metrics(model, sae, baselines: list[dict], hook: str) -> dict:
     return {k: sum(c[k] for c in ce) / len(ce) for k in ce[0]}
 
 # %% ../nbs/08_evaluation.ipynb #6312c2ff
-def _sae_metrics(name, sae, path, acts, letters, baselines, model, cfg, calibrate, composition_steps) -> dict:
-    "Every metric of one SAE (calibrating and saving its threshold first when `calibrate`)."
+def _sae_metrics(name, sae, path, acts, letters, baselines, model, cfg, calibrate, composition_steps, proto: dict | None = None) -> dict:
+    "Every metric of one SAE (calibrating and saving its threshold first when `calibrate`); `proto`: evaluate_run's protocol."
+    proto = proto or {}; seed = proto.get("seed")
     trained = json.loads((path / "cfg.json").read_text()).get("ortsae", {}).get("threshold_calibration", {}).get("trained_threshold")
     if trained is not None: sae.threshold.fill_(trained)                    # an earlier evaluation calibrated it
     r = dict(k=sae.k, threshold_trained=sae.threshold.item())
@@ -140,8 +146,8 @@ def _sae_metrics(name, sae, path, acts, letters, baselines, model, cfg, calibrat
         t = calibrate_threshold(sae, acts); save_threshold(path, t, dict(target_l0=sae.k, tokens=len(acts), source=cfg.source))
     r.update({k: v for k, v in core_metrics(sae, acts).items() if k != "density"}, threshold=sae.threshold.item())
     if r["dead_frac"] == 1: raise ValueError(f"SAE {name!r} has no live latents on the evaluation tokens.")
-    r.update(geometry_metrics(sae.W_dec.detach(), composition_steps), absorption=None)
-    if letters: r.update(_absorption_metrics(sae, letters))
+    r.update(geometry_metrics(sae.W_dec.detach(), composition_steps, seed or 0, proto.get("heldout", False)), absorption=None)
+    for recipe, data in (letters or {}).items(): r.update(_absorption_metrics(sae, data, recipe, seed))
     if baselines: r.update(_ce_metrics(model, sae, baselines, cfg.hook))
     return r
 
@@ -161,11 +167,15 @@ def _load_run(run_dir: Path, device: str):
     return TrainConfig.load(run_dir / "config.json"), paths, {k: load_sae(p).to(device) for k, p in paths.items()}
 
 # %% ../nbs/08_evaluation.ipynb #090a65d3
-def _add_baselines(out: dict, saes: dict, composition_steps: int, device: str):
-    "Unique features against BatchTopK for every other SAE, and the random-decoder row of every geometry metric."
+def _add_baselines(out: dict, saes: dict, composition_steps: int, device: str, proto: dict | None = None):
+    "Unique features against BatchTopK, the random-decoder row of every geometry metric, each SAE's spectrum-matched random composition."
+    proto = proto or {}; seed, heldout = proto.get("seed") or 0, proto.get("heldout", False)
     any_sae = next(iter(saes.values()))
-    Wr = random_decoder(any_sae.d_sae, any_sae.d_in, device=device)
-    out["random_decoder"] = geometry_metrics(Wr, composition_steps)
+    Wr = random_decoder(any_sae.d_sae, any_sae.d_in, seed=12345 + seed, device=device)
+    out["random_decoder"] = geometry_metrics(Wr, composition_steps, seed, heldout)
+    for name, sae in saes.items():     # chance for this decoder's shape: its spectrum and row norms, nothing else (chapter 06)
+        out["saes"][name]["composition_matched_random"] = composition_rate(matched_random_decoder(sae.W_dec, 12345 + seed),
+                                                                           steps=composition_steps, seed=seed, heldout=heldout)
     if "batchtopk" not in saes: return
     Wb = saes["batchtopk"].W_dec.detach()
     out["random_decoder"]["unique_vs_batchtopk"] = unique_fraction(Wr, Wb)
@@ -201,21 +211,25 @@ def table1(results: dict) -> str:
 # %% ../nbs/08_evaluation.ipynb #e250cfb8
 def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,
                  absorption_words: int | None = 10_000, min_probe_f1: float = 0.6, min_letters: int = 20, device: str = "cpu",
-                 plot: bool = True, letters: dict | None = None, calibrate: bool = True, progress: bool = True) -> dict:
+                 plot: bool = True, letters: dict | None = None, calibrate: bool = True, progress: bool = True,
+                 absorption_recipes: tuple = ("ortsae",), resample_seed: int | None = None, composition_heldout: bool = False) -> dict:
     "Every metric for every SAE in a run folder, on held-out tokens; writes `metrics.json` (and `metrics.png`) there."
     say, (cfg, paths, saes) = _status(progress), _load_run(Path(run_dir), device)
     say(f"{len(saes)} SAEs; reading held-out activations"); acts, model, held = _heldout(cfg, Path(run_dir), n_tokens, device)
     model, corpus = _ce_corpus(cfg, held, model, device) if ce_batches else (model, None)
     say(f"{len(acts):,} held-out activations; CE/KL baselines on {ce_batches if corpus else 0} batches")
     baselines = _ce_batches(model, cfg.hook, corpus, ce_batches, device) if corpus else []
-    out = dict(run=str(run_dir), n_tokens=len(acts), heldout=held, calibrated=calibrate, saes={}, absorption_error=None)
+    proto = dict(recipes=list(absorption_recipes), seed=resample_seed, heldout=composition_heldout)
+    out = dict(run=str(run_dir), n_tokens=len(acts), heldout=held, calibrated=calibrate, protocol=proto, saes={}, absorption_error=None)
     if absorption_words != 0 and letters is None:
         say("letter probes for absorption (spelling prompts through the model)")
         letters, out["absorption_error"] = _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters)
     if letters: out["probe_f1"] = {chr(97 + l): round(letters["probe_f1"][l].item(), 3) for l in range(26)}
+    by_recipe = {r: letters if r == "ortsae" else saebench_letters(letters, resample_seed or 0, min_probe_f1) for r in absorption_recipes} if letters else None
+    if by_recipe and "saebench" in by_recipe: out["probe_f1_saebench"] = {chr(97 + l): round(by_recipe["saebench"]["probe_f1"][l].item(), 3) for l in range(26)}
     for name, sae in saes.items():
         say(f"{name}: threshold, reconstruction, geometry, composition (meta-SAE), absorption, CE/KL")
-        out["saes"][name] = _sae_metrics(name, sae, paths[name], acts.to(device), letters, baselines, model, cfg, calibrate, composition_steps)
-    say("random-decoder baselines and unique features"); _add_baselines(out, saes, composition_steps, device)
+        out["saes"][name] = _sae_metrics(name, sae, paths[name], acts.to(device), by_recipe, baselines, model, cfg, calibrate, composition_steps, proto)
+    say("random-decoder baselines and unique features"); _add_baselines(out, saes, composition_steps, device, proto)
     _save(out, saes, Path(run_dir), plot); say(f"done: {run_dir}/metrics.json")
     return out

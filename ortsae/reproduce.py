@@ -12,18 +12,21 @@ from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, 
 from .sae import load_sae
 from .train import TrainConfig, make_config, train, load_snapshots, atomic_save
 from .geometry import mean_cos_sim, unique_fraction, composition_rate, random_decoder, THRESHOLDS
+from .synthetic import claim_verdict
 from .absorption import letter_data
 from .metrics import evaluate_run
 from .downstream import evaluate_downstream, load_downstream_data
 
 # %% auto #0
-__all__ = ['KINDS', 'CONFIGS', 'DOWNSTREAM_N', 'T975', 'PAPER', 'CLAIMS', 'TABLE1', 'cache_activations', 'run_config', 'run_plan',
-           'save_letters', 'load_letters', 'run_results', 'reproduce', 'timing_run', 'paired_interval', 'verdict',
-           'paired', 'decoders', 'unique_features', 'claims', 'seed_values', 'mean_sd', 'table1_seeds',
-           'claims_markdown', 'convergence']
+__all__ = ['KINDS', 'RECIPES', 'CONFIGS', 'DOWNSTREAM_EVALS', 'DOWNSTREAM_N', 'T975', 'PAPER', 'CLAIMS', 'TABLE1',
+           'cache_activations', 'run_config', 'run_plan', 'save_letters', 'load_letters', 'run_results', 'reproduce',
+           'timing_run', 'paired_interval', 'verdict', 'paired', 'decoders', 'seed_pairs', 'unique_features',
+           'control_passed', 'claims', 'seed_values', 'mean_sd', 'table1_seeds', 'claims_markdown',
+           'composition_margins', 'width_table', 'convergence']
 
 # %% ../nbs/14_reproduction.ipynb #9032cd5b
 KINDS = ["batchtopk", "matryoshka", "ortsae"]
+RECIPES = ("saebench", "ortsae")   # absorption: SAEBench's recipe (the paper's quantity) and ortsae's converged probes (chapter 07)
 CONFIGS = {
     "paper": dict(model="gemma-2-2b", hook="blocks.12.hook_resid_post", source="openwebtext", ctx_len=1024, model_batch=8,
                   d_sae=65536, k=70, seeds=[0, 1, 2], sweep=[25, 130], tokens=500_000_000, batch_size=2048, lr=2e-4,
@@ -37,6 +40,11 @@ CONFIGS = {
                 d_sae=2048, k=32, seeds=[0, 1, 2], sweep=[16, 64], tokens=3_000_000, sweep_tokens=1_500_000, batch_size=1024, lr=5e-4,
                 chunk_size=8192, cache=True, shard_rows=65536, heldout_shards=2, eval_tokens=50_000, ce_batches=4,
                 absorption_words=6000, composition_steps=500, snapshots=10, downstream=("standin", "default")),
+    # the wider dictionary (14x overcomplete): 8,192 latents, the penalty every 5th step at 5x its weight (the paper's cheaper variant)
+    "cpu-wide": dict(model=OFFLINE_MODEL, hook="blocks.6.hook_resid_post", source="shakespeare", ctx_len=128, model_batch=16,
+                d_sae=8192, k=32, seeds=[0, 1, 2], sweep=[], tokens=3_000_000, batch_size=1024, lr=5e-4, every=5,
+                chunk_size=8192, cache=True, shard_rows=65536, heldout_shards=2, eval_tokens=50_000, ce_batches=4,
+                absorption_words=6000, composition_steps=500, snapshots=10, downstream=("standin", "default"), acts_from="cpu"),
     "smoke": dict(model=OFFLINE_MODEL, hook="blocks.3.hook_resid_post", source="shakespeare", ctx_len=64, model_batch=8,
                   d_sae=256, k=8, seeds=[0, 1], sweep=[16], tokens=12_288, batch_size=256, lr=1e-3, chunk_size=8192,
                   cache=True, shard_rows=2048, heldout_shards=2, cache_tokens=12_288, eval_tokens=2048, ce_batches=1,
@@ -65,7 +73,7 @@ def run_config(c: dict, k: int, seed: int, source: str, train_shards: int = 0, *
     return make_config("small", **dict(model=c["model"], hook=c["hook"], source=source, ctx_len=c["ctx_len"],
                        model_batch=c["model_batch"], d_sae=c["d_sae"], k=k, seed=seed, saes=KINDS, init="independent",
                        total_tokens=c["tokens"], batch_size=c["batch_size"], lr=c["lr"], chunk_size=c["chunk_size"],
-                       train_shards=train_shards, buffer_size=4 * c.get("shard_rows", 16 * c["batch_size"]),
+                       every=c.get("every", 1), train_shards=train_shards, buffer_size=4 * c.get("shard_rows", 16 * c["batch_size"]),
                        warmup_steps=max(10, steps // 30), decay_frac=0.2, dead_after=10 * c["batch_size"],
                        log_every=max(1, steps // 200), checkpoint_every=max(10, steps // 10),
                        snapshot_every=max(1, steps // c["snapshots"])) | over)
@@ -91,10 +99,14 @@ def load_letters(path: Path) -> dict:
     return d | {"probe": probe}
 
 # %% ../nbs/14_reproduction.ipynb #f938c0f7
+def _home(c: dict, root: Path) -> Path:
+    "Where `c`'s model-only data live (activation cache, letter probes): `root`, or the folder of the configuration it shares them with."
+    return Path(root).parent / f"repro-{c['acts_from']}" if c.get("acts_from") else Path(root)
+
 def _letters(c: dict, root: Path, device: str, dtype) -> dict | None:
     "The first-letter probes of `c`'s model (computed once, kept in `root/letters.pt`), or None when absorption is off."
     if c["absorption_words"] == 0: return None
-    path = Path(root) / "letters.pt"
+    path = _home(c, root) / "letters.pt"
     if path.exists(): return load_letters(path)
     letters = letter_data(load_model_for_hook(c["model"], c["hook"], device, dtype), c["hook"], c["absorption_words"], min_letters=10)
     save_letters(letters, path)
@@ -104,23 +116,26 @@ def _letters(c: dict, root: Path, device: str, dtype) -> dict | None:
 def _source(c: dict, root: Path, device: str, dtype, progress: bool = True) -> tuple[str, int]:
     "The training source of `c` and its `train_shards`: the cache (all but `heldout_shards` shards) or the live corpus."
     if not c["cache"]: return c["source"], 0
-    acts = cache_activations(c, root, device, dtype, progress)
+    acts = cache_activations(c, _home(c, root), device, dtype, progress).resolve()   # absolute: evaluation may run elsewhere
     return f"shards:{acts}", json.loads((acts / "meta.json").read_text())["n_shards"] - c["heldout_shards"]
 
-def _downstream(c: dict, run: Path, device: str, progress: bool, data: dict | None = None) -> dict | None:
-    "SCR, TPP and sparse probing of a run (chapter 09) unless done; returns the text data, built once for all runs."
+DOWNSTREAM_EVALS = ("scr", "tpp", "sparse_probing", "sae_probes")
+
+def _downstream(c: dict, run: Path, device: str, progress: bool, data: dict | None = None, seed: int = 0) -> dict | None:
+    "SCR, TPP, sparse probing and sae-probes (chapter 09) of a run unless done; returns the text data, built once for all runs."
     if not c.get("downstream") or (run / "downstream.json").exists(): return data
     source, size = c["downstream"]
     data = data or load_downstream_data(c["model"], c["hook"], source, size, device=device, progress=progress)
-    evaluate_downstream(run, source=source, size=size, device=device, data=data, progress=progress)
+    evaluate_downstream(run, DOWNSTREAM_EVALS, source=source, size=size, device=device, data=data, progress=progress,
+                        split_seed=seed, calib_tokens=c["eval_tokens"])   # each seed its own train/test texts
     return data
 
 # %% ../nbs/14_reproduction.ipynb #d0bfab15
 DOWNSTREAM_N = 20   # SCR and TPP enter Table 1 at the top-20 latents (SAEBench's plots use 20; the paper doesn't say which N)
 
 def _pick_downstream(r: dict) -> dict:
-    "SCR and TPP at top-`DOWNSTREAM_N`, sparse probing at k = 1, from one SAE's entry of `downstream.json`."
-    return {m: r[m][str(x)] for m, x in (("scr", DOWNSTREAM_N), ("tpp", DOWNSTREAM_N), ("sparse_probing", 1)) if m in r}
+    "SCR and TPP at top-`DOWNSTREAM_N`, sparse probing at k = 1, sae-probes' AUC at k = 16, from one SAE's entry of `downstream.json`."
+    return {m: r[m][str(x)] for m, x in (("scr", DOWNSTREAM_N), ("tpp", DOWNSTREAM_N), ("sparse_probing", 1), ("sae_probes", 16)) if m in r}
 
 def run_results(run: Path) -> dict:
     "A run's metrics, training summary and (when measured) downstream scores, per SAE and for the random baselines."
@@ -137,9 +152,10 @@ def _run_one(c: dict, root: Path, name: str, k: int, seed: int, source: str, tra
     if not (run / "summary.json").exists():
         train(run_config(c, k, seed, source, train_shards, total_tokens=tokens), run, resume=(run / "checkpoint.pt").exists(),
               progress=progress)
-    if not (run / "metrics.json").exists():
+    if not (run / "metrics.json").exists():   # the run's seed also draws its test words, SAEBench probe and meta-SAE
         evaluate_run(run, n_tokens=c["eval_tokens"], ce_batches=c["ce_batches"], composition_steps=c["composition_steps"],
-                     absorption_words=0, letters=_letters(c, root, device, dtype), device=device, progress=progress)
+                     absorption_words=0, letters=_letters(c, root, device, dtype), device=device, progress=progress,
+                     absorption_recipes=RECIPES, resample_seed=seed, composition_heldout=True)
     return run
 
 # %% ../nbs/14_reproduction.ipynb #c1a3e9a0
@@ -152,7 +168,7 @@ def reproduce(c: dict, root: str | Path, device: str = "cpu", dtype=torch.float3
     for name, (k, seed) in plan.items():
         if only is not None and name not in only: continue
         run = _run_one(c, root, name, k, seed, source, train_shards, device, dtype, progress)
-        data = _downstream(c, run, device, progress, data)
+        if k == c["k"]: data = _downstream(c, run, device, progress, data, seed)   # the sweep's runs: no verdict rests on them
         out[name] = run_results(run)
     print(f"{len(out)} runs trained, evaluated or loaded in {time.perf_counter() - t0:.0f} s")
     return out
@@ -182,29 +198,34 @@ def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 # %% ../nbs/14_reproduction.ipynb #f6b258bd
-def verdict(lo: float, hi: float, sign: int, margin: float = 0.0) -> str:
-    "Reproduced / not reproduced / unresolved from a 95% interval, for a claimed sign (-1 lower, +1 higher, 0 'similar' within `margin`)."
+def verdict(mean: float, lo: float, hi: float, sign: int, margin: float = 0.0, paper: float | None = None,
+            control: bool = True, pct: bool = False) -> str:
+    "The label of a 95% interval for a claimed sign (-1 lower, +1 higher, 0 'similar' within `margin`), judged also against the paper's size."
+    if not control: return "not testable here (the control failed)"
     if math.isnan(lo): return "unresolved (one seed)"
-    if sign == 0:
-        if -margin <= lo and hi <= margin: return "reproduced"
-        return "not reproduced" if hi < -margin or lo > margin else "unresolved at this scale"
-    if sign * lo > 0 and sign * hi > 0: return "reproduced"                # the whole interval on the claimed side
-    return "not reproduced" if sign * lo < 0 and sign * hi < 0 else "unresolved at this scale"
+    fmt = lambda v: f"{v:+.0%}" if pct else f"{v:+.3f}"
+    label = claim_verdict((mean, lo, hi), sign or -1, paper, margin if sign == 0 else None)
+    if sign == 0 or paper is None or label in ("unresolved", "not reproduced: the opposite direction"): return label
+    side = "excludes" if (hi < paper or lo > paper) else "includes"
+    return f"{label} (the interval {side} the paper's {fmt(paper)})"
 
 # %% ../nbs/14_reproduction.ipynb #374e5f8e
 PAPER = {  # Table 1 (Gemma-2-2B layer 20, 65,536 latents, L0 70) and section 4.3's unique features (layer 12)
     "batchtopk": dict(explained_variance=0.843, mean_cos_sim=0.354, composition_rate=0.490, absorption=0.220, scr=0.308, unique=0.015),
     "matryoshka": dict(explained_variance=0.811, mean_cos_sim=0.148, composition_rate=0.349, absorption=0.015, scr=0.385),
     "ortsae": dict(explained_variance=0.836, mean_cos_sim=0.112, composition_rate=0.340, absorption=0.095, scr=0.322, unique=0.09)}
-# claim, metric, how a seed's pair is compared, the claimed sign, the margin for "similar"
-CLAIMS = [("MeanCosSim lower (paper: 2.7x)", "mean_cos_sim", "relative", -1, 0.0),
-          ("absorption lower (paper: -65%)", "absorption", "relative", -1, 0.0),
-          ("composition lower (paper: -15%)", "composition_rate", "relative", -1, 0.0),
-          ("explained variance similar (within 0.02)", "explained_variance", "difference", 0, 0.02),
-          ("KL score similar (within 0.02)", "kl_score", "difference", 0, 0.02),
-          ("SCR higher (paper: +6%; Table 1: +0.014)", "scr", "difference", +1, 0.0),
-          ("TPP higher (paper: modest gains)", "tpp", "difference", +1, 0.0),
-          ("sparse probing similar (within 0.02; paper: comparable)", "sparse_probing", "difference", 0, 0.02)]
+for _k in PAPER: PAPER[_k]["absorption_saebench"] = PAPER[_k]["absorption"]      # the paper's absorption is SAEBench's recipe
+# claim, metric, how a seed's pair is compared, the claimed sign, the margin for "similar", the control's metric
+CLAIMS = [("MeanCosSim lower (paper: 2.7x)", "mean_cos_sim", "relative", -1, 0.0, None),
+          ("absorption lower, SAEBench's recipe: the paper's quantity (paper: -65%; Table 1: -57%)", "absorption_saebench", "relative", -1, 0.0, "absorption_saebench"),
+          ("absorption lower, ortsae's converged probes", "absorption", "relative", -1, 0.0, "absorption"),
+          ("composition lower (paper: -15%; Table 1: -31%)", "composition_rate", "relative", -1, 0.0, "composition_rate"),
+          ("explained variance similar (within 0.02)", "explained_variance", "difference", 0, 0.02, None),
+          ("KL score similar (within 0.02)", "kl_score", "difference", 0, 0.02, None),
+          ("SCR higher (paper: +6%; Table 1: +0.014)", "scr", "difference", +1, 0.0, None),
+          ("TPP higher (paper: modest gains)", "tpp", "difference", +1, 0.0, None),
+          ("sparse probing similar (within 0.02; paper: comparable)", "sparse_probing", "difference", 0, 0.02, None),
+          ("sae-probes AUC similar (within 0.02; sparse probing by Kantamneni et al.)", "sae_probes", "difference", 0, 0.02, None)]
 
 # %% ../nbs/14_reproduction.ipynb #05321d9c
 def paired(results: dict, c: dict, metric: str, kind: str, how: str = "difference") -> list[float]:
@@ -221,32 +242,51 @@ def decoders(run: str | Path) -> dict[str, Tensor]:
     "The decoder rows of every SAE a run saved (as saved: the scaling factor folded in, which no cosine sees)."
     return {p.name: load_sae(p).W_dec.detach() for p in sorted((Path(run) / "saes").iterdir()) if (p / "cfg.json").exists()}
 
+def seed_pairs(seeds: list) -> list[tuple]:
+    "Non-overlapping pairs of seeds (0 with 1, 2 with 3, ...): no decoder is used twice."
+    return list(zip(seeds[::2], seeds[1::2]))
+
 def unique_features(c: dict, root: str | Path) -> dict[str, list[float]]:
     "Per seed, the fraction of one dictionary's latents with no partner above cosine 0.2 in another: across kinds, across seeds, random."
     seeds = c["seeds"]; W = {s: decoders(Path(root) / f"k{c['k']}-seed{s}") for s in seeds}
-    nxt = dict(zip(seeds, seeds[1:] + seeds[:1]))                   # seed a against the next seed
     out = {f"{a} vs {b}": [unique_fraction(W[s][a], W[s][b]) for s in seeds]
            for a, b in [("ortsae", "batchtopk"), ("batchtopk", "ortsae"), ("matryoshka", "batchtopk"), ("batchtopk", "matryoshka")]}
-    out |= {f"{a} vs {a} (next seed)": [unique_fraction(W[s][a], W[nxt[s]][a]) for s in seeds] for a in KINDS}
+    out |= {f"{a} vs {a} (other seed)": [unique_fraction(W[x][a], W[y][a]) for x, y in seed_pairs(seeds)] for a in KINDS}
     d_in = W[seeds[0]]["batchtopk"].shape[1]
     out["random vs batchtopk"] = [unique_fraction(random_decoder(c["d_sae"], d_in, seed=1000 + s), W[s]["batchtopk"]) for s in seeds]
     return out
 
 # %% ../nbs/14_reproduction.ipynb #24091829
+def _paper_change(kind: str, metric: str, how: str) -> float | None:
+    "The paper's `kind` against BatchTopK in `metric`, compared as the claim compares a seed's pair."
+    a, b = PAPER[kind].get(metric), PAPER["batchtopk"].get(metric)
+    return None if None in (a, b) else a - b if how == "difference" else a / b - 1
+
+def control_passed(results: dict, c: dict, metric: str | None, sign: int) -> bool | None:
+    "Does Matryoshka show its known effect on `metric` here (its whole interval on the claimed side)? None: no control."
+    if metric is None: return None
+    d = paired(results, c, metric, "matryoshka", "relative")
+    if len(d) < 2: return False
+    _, lo, hi = paired_interval(d)
+    return sign * lo > 0 and sign * hi > 0
+
+# %% ../nbs/14_reproduction.ipynb #61027805
 def claims(results: dict, uniques: dict, c: dict) -> list[dict]:
-    "Every headline claim as paired differences over seeds (OrtSAE and Matryoshka against BatchTopK), with a verdict for OrtSAE."
-    rows = []
-    for name, metric, how, sign, margin in CLAIMS:
-        for kind in ("ortsae", "matryoshka"):
-            d, (pk, pb) = paired(results, c, metric, kind, how), (PAPER[kind].get(metric), PAPER["batchtopk"].get(metric))
-            paper = None if None in (pk, pb) else (pk - pb if how == "difference" else pk / pb - 1)
-            m, lo, hi = paired_interval(d) if d else (None, float("nan"), float("nan"))
-            v = "not measured" if not d else verdict(lo, hi, sign, margin) if kind == "ortsae" else "(for comparison)"
-            rows.append(dict(claim=name, metric=metric, how=how, kind=kind, n=len(d), mean=m, lo=lo, hi=hi, paper=paper, verdict=v))
+    "Every headline claim as paired differences over seeds: Matryoshka (the control) and OrtSAE against BatchTopK, each with a verdict."
+    rows, nan = [], float("nan")
+    for name, metric, how, sign, margin, ctl in CLAIMS:
+        ok = control_passed(results, c, ctl, sign)
+        for kind in ("matryoshka", "ortsae"):
+            d, paper = paired(results, c, metric, kind, how), _paper_change(kind, metric, how)
+            m, lo, hi = paired_interval(d) if d else (None, nan, nan)
+            v = ("not measured" if not d else verdict(m, lo, hi, sign, margin, paper, ok is not False, how == "relative") if kind == "ortsae"
+                 else "(for comparison)" if ok is None else "control: shows its known effect" if ok else "control failed: no known effect here")
+            rows.append(dict(claim=name, metric=metric, how=how, kind=kind, n=len(d), mean=m, lo=lo, hi=hi, paper=paper, verdict=v, control=ok))
     u = [a - b for a, b in zip(uniques["ortsae vs batchtopk"], uniques["batchtopk vs ortsae"])]
-    m, lo, hi = paired_interval(u)
+    (m, lo, hi), ok = paired_interval(u), control_passed(results, c, "absorption_saebench", -1)
     rows.append(dict(claim="more unique latents in OrtSAE than in BatchTopK (paper: 9% vs 1.5%)", metric="unique", how="difference",
-                     kind="ortsae", n=len(u), mean=m, lo=lo, hi=hi, paper=0.09 - 0.015, verdict=verdict(lo, hi, +1)))
+                     kind="ortsae", n=len(u), mean=m, lo=lo, hi=hi, paper=0.09 - 0.015, control=ok,
+                     verdict=verdict(m, lo, hi, +1, 0.0, 0.09 - 0.015, ok)))
     return rows
 
 # %% ../nbs/14_reproduction.ipynb #c463a1e8
@@ -275,33 +315,69 @@ def table1_seeds(results: dict, c: dict) -> str:
                                                       for m, _ in TABLE1) + " |\n"
 
 # %% ../nbs/14_reproduction.ipynb #9abeb98e
+def _random_cell(results: dict, c: dict, metric: str, uniques: dict | None) -> str:
+    "The chance level beside a claim: a random decoder (and, for composition, one with BatchTopK's spectrum), mean over seeds."
+    mean = lambda v: sum(v) / len(v) if v else None
+    runs = [results[f"k{c['k']}-seed{s}"] for s in c["seeds"]]
+    if metric == "unique": v = mean(uniques["random vs batchtopk"]) if uniques else None
+    else: v = mean([r["random_decoder"][metric] for r in runs if r["random_decoder"].get(metric) is not None])
+    out = "" if v is None else f"{v:.3f}"
+    if metric == "composition_rate" and (m := mean([r["saes"]["batchtopk"].get("composition_matched_random") for r in runs
+                                                   if r["saes"]["batchtopk"].get("composition_matched_random") is not None])):
+        out += f" isotropic, {m:.3f} matched"
+    return out
+
 def claims_markdown(rows: list[dict], results: dict, c: dict, uniques: dict | None = None) -> str:
-    "The claims as a table: the paired difference with its interval, the paper's, BatchTopK's seed spread, a random decoder's value."
+    "The claims as a table: the paired difference with its interval, the paper's, BatchTopK's seed spread, chance, the verdict."
     f = lambda v, pct: "n/a" if v is None else (f"{v:+.0%}" if pct else f"{v:+.3f}")
-    out = "| claim | SAE | vs BatchTopK, mean [95% CI] over seeds | paper | BatchTopK across seeds | random decoder | verdict |\n" + "|" + "---|" * 7 + "\n"
+    out = "| claim | SAE | vs BatchTopK, mean [95% CI] over seeds | paper | BatchTopK across seeds | random | verdict |\n" + "|" + "---|" * 7 + "\n"
     for r in rows:
         pct = r["how"] == "relative"
-        if r["metric"] == "unique":   # the baselines: BatchTopK against its next seed, a random decoder against BatchTopK
-            bt = mean_sd(uniques["batchtopk vs batchtopk (next seed)"]) + " (vs next seed)" if uniques else ""
-            rd = sum(uniques["random vs batchtopk"]) / len(c["seeds"]) if uniques else None
-        else: bt, rd = mean_sd(seed_values(results, c, "batchtopk", r["metric"])), results[f"k{c['k']}-seed{c['seeds'][0]}"]["random_decoder"].get(r["metric"])
+        if r["metric"] == "unique": bt = mean_sd(uniques["batchtopk vs batchtopk (other seed)"]) + " (vs another seed)" if uniques else ""
+        else: bt = mean_sd(seed_values(results, c, "batchtopk", r["metric"]))
         ci = f"[{f(r['lo'], pct)}, {f(r['hi'], pct)}]" if r["n"] > 1 else ""
-        out += (f"| {r['claim']} | {r['kind']} | {f(r['mean'], pct)} {ci} | {f(r['paper'], pct)} | {bt} | "
-                f"{'' if rd is None else f'{rd:.3f}'} | {r['verdict']} |\n")
+        who = "matryoshka (control)" if r["kind"] == "matryoshka" and r.get("control") is not None else r["kind"]
+        out += f"| {r['claim']} | {who} | {f(r['mean'], pct)} {ci} | {f(r['paper'], pct)} | {bt} | {_random_cell(results, c, r['metric'], uniques)} | {r['verdict']} |\n"
+    return out
+
+# %% ../nbs/14_reproduction.ipynb #79636da7
+def composition_margins(results: dict, c: dict) -> str:
+    "Per kind: composition rate, its spectrum-matched random decoder's, and the paired difference over seeds with its interval."
+    out = "| SAE | composition | matched random | composition - matched random, mean [95% CI] |\n|---|---|---|---|\n"
+    for k in KINDS:
+        a, b = seed_values(results, c, k, "composition_rate"), seed_values(results, c, k, "composition_matched_random")
+        if None in a + b: continue
+        m, lo, hi = paired_interval([x - y for x, y in zip(a, b)])
+        out += f"| {k} | {mean_sd(a)} | {mean_sd(b)} | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] |\n"
+    return out
+
+def width_table(by_width: dict[str, list[dict]]) -> str:
+    "Each claim at each width (`{label: claims(...)}`): OrtSAE's and the control's mean [CI], and OrtSAE's verdict."
+    f = lambda r: "n/a" if r["mean"] is None else (f"{r['mean']:+.0%} [{r['lo']:+.0%}, {r['hi']:+.0%}]" if r["how"] == "relative"
+                                                   else f"{r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]")
+    ws = list(by_width); rows = {(r["claim"], r["kind"]): r for r in by_width[ws[0]]}
+    out = "| claim | " + " | ".join(f"{w}: OrtSAE | {w}: control | {w}: verdict" for w in ws) + " |\n|---|" + "---|" * (3 * len(ws)) + "\n"
+    for claim, kind in rows:
+        if kind != "ortsae": continue
+        cells = []
+        for w in ws:
+            by = {(r["claim"], r["kind"]): r for r in by_width[w]}; o, m = by[(claim, "ortsae")], by.get((claim, "matryoshka"))
+            cells += [f(o), f(m) if m is not None and m.get("control") is not None else "", o["verdict"]]
+        out += f"| {claim} | " + " | ".join(cells) + " |\n"
     return out
 
 # %% ../nbs/14_reproduction.ipynb #ea839899
 def convergence(c: dict, root: str | Path, composition_steps: int = 0, composition_every: int = 2) -> list[dict]:
     "At every snapshot of the main runs: MeanCosSim per kind, unique latents OrtSAE vs BatchTopK and BatchTopK across seeds (and composition)."
     seeds = c["seeds"]; snaps = {s: load_snapshots(Path(root) / f"k{c['k']}-seed{s}") for s in seeds}
-    nxt, rows = dict(zip(seeds, seeds[1:] + seeds[:1])), []
+    nxt, rows = dict(seed_pairs(seeds)), []                         # BatchTopK across seeds: non-overlapping pairs
     for i in range(min(len(v) for v in snaps.values())):
         for s in seeds:
-            W, other = snaps[s][i]["W_dec"], snaps[nxt[s]][i]["W_dec"]
+            W = snaps[s][i]["W_dec"]
             row = dict(seed=s, step=snaps[s][i]["step"], tokens=snaps[s][i]["tokens"], **{f"mean_cos_sim/{k}": mean_cos_sim(W[k]) for k in KINDS},
                        unique_ortsae_vs_batchtopk=unique_fraction(W["ortsae"], W["batchtopk"]),
-                       unique_batchtopk_vs_ortsae=unique_fraction(W["batchtopk"], W["ortsae"]),
-                       unique_batchtopk_across_seeds=unique_fraction(W["batchtopk"], other["batchtopk"]))
+                       unique_batchtopk_vs_ortsae=unique_fraction(W["batchtopk"], W["ortsae"]))
+            if s in nxt: row["unique_batchtopk_across_seeds"] = unique_fraction(W["batchtopk"], snaps[nxt[s]][i]["W_dec"]["batchtopk"])
             if composition_steps and s == seeds[0] and i % composition_every == 0: row |= {f"composition_rate/{k}": composition_rate(W[k], steps=composition_steps) for k in KINDS}
             rows.append(row)
     return rows
