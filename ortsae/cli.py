@@ -14,7 +14,7 @@ from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table
 from .features import run_features, latent_card, card_text, cards_html, decompose, decomposition_summary
 from .doctor import doctor
 from .synthetic import WORLDS, make_world, world_config, world_experiment, world_report, plot_history
-from .reproduce import (CONFIGS, reproduce, run_plan, timing_run, unique_features, claims, claims_markdown,
+from .reproduce import (CONFIGS, reproduce, run_plan, timing_run, unique_features, claims, claims_markdown, composition_margins,
                                table1_seeds)
 
 # %% auto #0
@@ -151,7 +151,7 @@ def _add_doctor(sub):
 def _add_reproduce(sub):
     r = sub.add_parser("reproduce", help="the paper's comparison over several seeds, with paired intervals and verdicts (chapter 14)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    r.add_argument("config", choices=sorted(CONFIGS), help="cpu: offline, about an hour on 2 cores; gpu: a few GPU hours; paper; smoke: a minute")
+    r.add_argument("config", choices=sorted(CONFIGS), help="cpu: offline, 2,048 latents, about 1.5 hours on 2 cores; cpu-wide: 8,192 latents, about 2 hours; gpu: a few GPU hours; paper; smoke: a minute")
     r.add_argument("--root", default=None, help="folder of the runs (default: runs/repro-<config>)")
     r.add_argument("--only", nargs="+", default=None, help="train and evaluate only these runs (e.g. k32-seed0): split the runs across processes")
     r.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
@@ -269,7 +269,7 @@ def _reproduce(args):
     if args.only is not None: res = reproduce(c, root, device, dtype)       # every run is on disk: load them all
     t = timing_run(c, root, device=device, dtype=dtype)
     u = unique_features(c, root)
-    print(table1_seeds(res, c)); print(claims_markdown(claims(res, u, c), res, c, u))
+    print(table1_seeds(res, c)); print(claims_markdown(claims(res, u, c), res, c, u)); print(composition_margins(res, c))
     print(f"OrtSAE step / BatchTopK step with the penalty every 5th step: {t['ortsae'] / t['batchtopk']:.2f}")
 
 # %% ../nbs/90_cli.ipynb #fc1fda4b

@@ -117,7 +117,7 @@ def random_decoder(d_sae: int, d_in: int, seed: int = 12345, device: str = "cpu"
 
 # %% ../nbs/06_geometry.ipynb #53e06057
 def matched_random_decoder(W: Tensor, seed: int = 12345) -> Tensor:
-    "Gaussian rows with `W`'s second-moment matrix (its spectrum) and `W`'s row norms in random order: chance for `W`'s shape."
+    "Gaussian rows with `W`'s second-moment matrix, given `W`'s row norms in random order: chance for the spread of `W`'s directions."
     W = W.detach().float(); g = torch.Generator().manual_seed(seed)
     evals, evecs = torch.linalg.eigh(W.T @ W / len(W))
     root = evecs * evals.clamp_min(0).sqrt() @ evecs.T                  # symmetric square root of the second moment

@@ -21,7 +21,7 @@ from .downstream import evaluate_downstream, load_downstream_data
 __all__ = ['KINDS', 'RECIPES', 'CONFIGS', 'DOWNSTREAM_EVALS', 'DOWNSTREAM_N', 'T975', 'PAPER', 'CLAIMS', 'TABLE1',
            'cache_activations', 'run_config', 'run_plan', 'save_letters', 'load_letters', 'run_results', 'reproduce',
            'timing_run', 'paired_interval', 'verdict', 'paired', 'decoders', 'seed_pairs', 'unique_features',
-           'control_passed', 'claims', 'seed_values', 'mean_sd', 'table1_seeds', 'claims_markdown',
+           'seed_values', 'mean_sd', 'control_passed', 'above_chance', 'claims', 'table1_seeds', 'claims_markdown',
            'composition_margins', 'width_table', 'convergence']
 
 # %% ../nbs/14_reproduction.ipynb #9032cd5b
@@ -199,9 +199,9 @@ def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
 
 # %% ../nbs/14_reproduction.ipynb #f6b258bd
 def verdict(mean: float, lo: float, hi: float, sign: int, margin: float = 0.0, paper: float | None = None,
-            control: bool = True, pct: bool = False) -> str:
+            control: bool = True, pct: bool = False, why: str = "the control failed") -> str:
     "The label of a 95% interval for a claimed sign (-1 lower, +1 higher, 0 'similar' within `margin`), judged also against the paper's size."
-    if not control: return "not testable here (the control failed)"
+    if not control: return f"not testable here ({why})"
     if math.isnan(lo): return "unresolved (one seed)"
     fmt = lambda v: f"{v:+.0%}" if pct else f"{v:+.3f}"
     label = claim_verdict((mean, lo, hi), sign or -1, paper, margin if sign == 0 else None)
@@ -219,13 +219,13 @@ for _k in PAPER: PAPER[_k]["absorption_saebench"] = PAPER[_k]["absorption"]     
 CLAIMS = [("MeanCosSim lower (paper: 2.7x)", "mean_cos_sim", "relative", -1, 0.0, None),
           ("absorption lower, SAEBench's recipe: the paper's quantity (paper: -65%; Table 1: -57%)", "absorption_saebench", "relative", -1, 0.0, "absorption_saebench"),
           ("absorption lower, ortsae's converged probes", "absorption", "relative", -1, 0.0, "absorption"),
-          ("composition lower (paper: -15%; Table 1: -31%)", "composition_rate", "relative", -1, 0.0, "composition_rate"),
+          ("composition lower (paper: -15 points; Table 1: 0.490 to 0.340)", "composition_rate", "difference", -1, 0.0, "composition_rate"),
           ("explained variance similar (within 0.02)", "explained_variance", "difference", 0, 0.02, None),
           ("KL score similar (within 0.02)", "kl_score", "difference", 0, 0.02, None),
-          ("SCR higher (paper: +6%; Table 1: +0.014)", "scr", "difference", +1, 0.0, None),
-          ("TPP higher (paper: modest gains)", "tpp", "difference", +1, 0.0, None),
+          ("SCR higher (paper: +6%; Table 1: +0.014; fails reseed and ground-truth tests, Chanin 2026)", "scr", "difference", +1, 0.0, None),
+          ("TPP higher (paper: modest gains; fails reseed and ground-truth tests, Chanin 2026)", "tpp", "difference", +1, 0.0, None),
           ("sparse probing similar (within 0.02; paper: comparable)", "sparse_probing", "difference", 0, 0.02, None),
-          ("sae-probes AUC similar (within 0.02; sparse probing by Kantamneni et al.)", "sae_probes", "difference", 0, 0.02, None)]
+          ("sae-probes AUC similar (within 0.02; the most reliable, Chanin 2026)", "sae_probes", "difference", 0, 0.02, None)]
 
 # %% ../nbs/14_reproduction.ipynb #05321d9c
 def paired(results: dict, c: dict, metric: str, kind: str, how: str = "difference") -> list[float]:
@@ -256,39 +256,6 @@ def unique_features(c: dict, root: str | Path) -> dict[str, list[float]]:
     out["random vs batchtopk"] = [unique_fraction(random_decoder(c["d_sae"], d_in, seed=1000 + s), W[s]["batchtopk"]) for s in seeds]
     return out
 
-# %% ../nbs/14_reproduction.ipynb #24091829
-def _paper_change(kind: str, metric: str, how: str) -> float | None:
-    "The paper's `kind` against BatchTopK in `metric`, compared as the claim compares a seed's pair."
-    a, b = PAPER[kind].get(metric), PAPER["batchtopk"].get(metric)
-    return None if None in (a, b) else a - b if how == "difference" else a / b - 1
-
-def control_passed(results: dict, c: dict, metric: str | None, sign: int) -> bool | None:
-    "Does Matryoshka show its known effect on `metric` here (its whole interval on the claimed side)? None: no control."
-    if metric is None: return None
-    d = paired(results, c, metric, "matryoshka", "relative")
-    if len(d) < 2: return False
-    _, lo, hi = paired_interval(d)
-    return sign * lo > 0 and sign * hi > 0
-
-# %% ../nbs/14_reproduction.ipynb #61027805
-def claims(results: dict, uniques: dict, c: dict) -> list[dict]:
-    "Every headline claim as paired differences over seeds: Matryoshka (the control) and OrtSAE against BatchTopK, each with a verdict."
-    rows, nan = [], float("nan")
-    for name, metric, how, sign, margin, ctl in CLAIMS:
-        ok = control_passed(results, c, ctl, sign)
-        for kind in ("matryoshka", "ortsae"):
-            d, paper = paired(results, c, metric, kind, how), _paper_change(kind, metric, how)
-            m, lo, hi = paired_interval(d) if d else (None, nan, nan)
-            v = ("not measured" if not d else verdict(m, lo, hi, sign, margin, paper, ok is not False, how == "relative") if kind == "ortsae"
-                 else "(for comparison)" if ok is None else "control: shows its known effect" if ok else "control failed: no known effect here")
-            rows.append(dict(claim=name, metric=metric, how=how, kind=kind, n=len(d), mean=m, lo=lo, hi=hi, paper=paper, verdict=v, control=ok))
-    u = [a - b for a, b in zip(uniques["ortsae vs batchtopk"], uniques["batchtopk vs ortsae"])]
-    (m, lo, hi), ok = paired_interval(u), control_passed(results, c, "absorption_saebench", -1)
-    rows.append(dict(claim="more unique latents in OrtSAE than in BatchTopK (paper: 9% vs 1.5%)", metric="unique", how="difference",
-                     kind="ortsae", n=len(u), mean=m, lo=lo, hi=hi, paper=0.09 - 0.015, control=ok,
-                     verdict=verdict(m, lo, hi, +1, 0.0, 0.09 - 0.015, ok)))
-    return rows
-
 # %% ../nbs/14_reproduction.ipynb #c463a1e8
 def seed_values(results: dict, c: dict, kind: str, metric: str) -> list[float]:
     "A metric of one kind at the main L0, one value per seed (None where it was not measured)."
@@ -299,6 +266,46 @@ def mean_sd(v: list) -> str:
     if not v: return "n/a"
     m = sum(v) / len(v); sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
     return f"{m:.3f} ± {sd:.3f}"
+
+# %% ../nbs/14_reproduction.ipynb #24091829
+def _paper_change(kind: str, metric: str, how: str) -> float | None:
+    "The paper's `kind` against BatchTopK in `metric`, compared as the claim compares a seed's pair."
+    a, b = PAPER[kind].get(metric), PAPER["batchtopk"].get(metric)
+    return None if None in (a, b) else a - b if how == "difference" else a / b - 1
+
+def control_passed(results: dict, c: dict, metric: str | None, sign: int, how: str = "relative") -> bool | None:
+    "Does Matryoshka show its known effect on `metric` here (its whole interval on the claimed side)? None: no control."
+    if metric is None: return None
+    d = paired(results, c, metric, "matryoshka", how)
+    if len(d) < 2: return False
+    _, lo, hi = paired_interval(d)
+    return sign * lo > 0 and sign * hi > 0
+
+def above_chance(results: dict, c: dict, kind: str = "batchtopk") -> bool:
+    "Is `kind`'s held-out composition rate above its spectrum-matched random decoder's (the whole interval over seeds)?"
+    a, b = seed_values(results, c, kind, "composition_rate"), seed_values(results, c, kind, "composition_matched_random")
+    if None in a + b or len(a) < 2: return False
+    return paired_interval([x - y for x, y in zip(a, b)])[1] > 0
+
+# %% ../nbs/14_reproduction.ipynb #61027805
+def claims(results: dict, uniques: dict, c: dict) -> list[dict]:
+    "Every headline claim as paired differences over seeds: Matryoshka (the control) and OrtSAE against BatchTopK, each with a verdict."
+    rows, nan = [], float("nan")
+    for name, metric, how, sign, margin, ctl in CLAIMS:
+        ok, why = control_passed(results, c, ctl, sign, how), "the control failed"
+        if metric == "composition_rate" and not above_chance(results, c): ok, why = False, "BatchTopK's composition is at chance"
+        for kind in ("matryoshka", "ortsae"):
+            d, paper = paired(results, c, metric, kind, how), _paper_change(kind, metric, how)
+            m, lo, hi = paired_interval(d) if d else (None, nan, nan)
+            v = ("not measured" if not d else verdict(m, lo, hi, sign, margin, paper, ok is not False, how == "relative", why) if kind == "ortsae"
+                 else "(for comparison)" if ok is None else "control: shows its known effect" if ok else "control failed: no known effect here")
+            rows.append(dict(claim=name, metric=metric, how=how, kind=kind, n=len(d), mean=m, lo=lo, hi=hi, paper=paper, verdict=v, control=ok))
+    u = [a - b for a, b in zip(uniques["ortsae vs batchtopk"], uniques["batchtopk vs ortsae"])]
+    (m, lo, hi), ok = paired_interval(u), control_passed(results, c, "absorption_saebench", -1)
+    rows.append(dict(claim="more unique latents in OrtSAE than in BatchTopK (paper: 9% vs 1.5%)", metric="unique", how="difference",
+                     kind="ortsae", n=len(u), mean=m, lo=lo, hi=hi, paper=0.09 - 0.015, control=ok,
+                     verdict=verdict(m, lo, hi, +1, 0.0, 0.09 - 0.015, ok)))
+    return rows
 
 # %% ../nbs/14_reproduction.ipynb #5d9aadba
 TABLE1 = [("explained_variance", "EV"), ("mean_cos_sim", "MeanCosSim"), ("composition_rate", "composition"),
