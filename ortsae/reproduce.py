@@ -42,7 +42,7 @@ CONFIGS = {
                 absorption_words=6000, composition_steps=500, snapshots=10, downstream=("standin", "default")),
     # the wider dictionary (14x overcomplete): 8,192 latents, the penalty every 5th step at 5x its weight (the paper's cheaper variant)
     "cpu-wide": dict(model=OFFLINE_MODEL, hook="blocks.6.hook_resid_post", source="shakespeare", ctx_len=128, model_batch=16,
-                d_sae=8192, k=32, seeds=[0, 1, 2], sweep=[], tokens=3_000_000, batch_size=1024, lr=5e-4, every=5,
+                d_sae=8192, k=32, seeds=[0, 1, 2], sweep=[], tokens=2_000_000, batch_size=1024, lr=5e-4, every=5,
                 chunk_size=8192, cache=True, shard_rows=65536, heldout_shards=2, eval_tokens=50_000, ce_batches=4,
                 absorption_words=6000, composition_steps=500, snapshots=10, downstream=("standin", "default"), acts_from="cpu"),
     "smoke": dict(model=OFFLINE_MODEL, hook="blocks.3.hook_resid_post", source="shakespeare", ctx_len=64, model_batch=8,
