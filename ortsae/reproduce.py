@@ -19,10 +19,10 @@ from .downstream import evaluate_downstream, load_downstream_data
 
 # %% auto #0
 __all__ = ['KINDS', 'RECIPES', 'CONFIGS', 'DOWNSTREAM_EVALS', 'DOWNSTREAM_N', 'T975', 'PAPER', 'CLAIMS', 'TABLE1',
-           'cache_activations', 'run_config', 'run_plan', 'save_letters', 'load_letters', 'run_results', 'reproduce',
-           'timing_run', 'paired_interval', 'verdict', 'paired', 'decoders', 'seed_pairs', 'unique_features',
-           'seed_values', 'mean_sd', 'control_passed', 'above_chance', 'claims', 'table1_seeds', 'claims_markdown',
-           'composition_margins', 'width_table', 'convergence']
+           'NOT_THE_PAPERS', 'cache_activations', 'run_config', 'run_plan', 'save_letters', 'load_letters',
+           'run_results', 'reproduce', 'timing_run', 'paired_interval', 'verdict', 'paired', 'decoders', 'seed_pairs',
+           'unique_features', 'seed_values', 'mean_sd', 'control_passed', 'above_chance', 'claims', 'table1_seeds',
+           'claims_markdown', 'composition_margins', 'width_table', 'convergence']
 
 # %% ../nbs/14_reproduction.ipynb #9032cd5b
 KINDS = ["batchtopk", "matryoshka", "ortsae"]
@@ -309,13 +309,15 @@ def claims(results: dict, uniques: dict, c: dict) -> list[dict]:
 
 # %% ../nbs/14_reproduction.ipynb #5d9aadba
 TABLE1 = [("explained_variance", "EV"), ("mean_cos_sim", "MeanCosSim"), ("composition_rate", "composition"),
-          ("absorption", "absorption"), ("ce_score", "CE score"), ("kl_score", "KL score"), ("scr", "SCR@20"), ("l0", "L0")]
+          ("absorption_saebench", "absorption, SAEBench's recipe"), ("absorption", "absorption, ortsae's"), ("ce_score", "CE score"),
+          ("kl_score", "KL score"), ("scr", "SCR@20"), ("l0", "L0")]
+NOT_THE_PAPERS = {"absorption"}   # another recipe than the paper's: no bracketed paper value
 
 def table1_seeds(results: dict, c: dict) -> str:
     "Table 1's layout: each kind's mean ± sd over seeds at the main L0, the paper's value beside, and a random decoder."
     f = lambda v: "" if v is None else f" ({v:.3f})"
     head = "| SAE | " + " | ".join(f"{n} (paper)" for _, n in TABLE1) + " |\n|---|" + "---|" * len(TABLE1) + "\n"
-    body = "".join(f"| {k} | " + " | ".join(mean_sd(seed_values(results, c, k, m)) + f(PAPER[k].get(m)) for m, _ in TABLE1) + " |\n"
+    body = "".join(f"| {k} | " + " | ".join(mean_sd(seed_values(results, c, k, m)) + f(None if m in NOT_THE_PAPERS else PAPER[k].get(m)) for m, _ in TABLE1) + " |\n"
                    for k in KINDS)
     rd = [results[f"k{c['k']}-seed{s}"]["random_decoder"] for s in c["seeds"]]
     return head + body + "| random decoder | " + " | ".join(mean_sd([r.get(m) for r in rd]) if any(m in r for r in rd) else ""
@@ -340,7 +342,9 @@ def claims_markdown(rows: list[dict], results: dict, c: dict, uniques: dict | No
     out = "| claim | SAE | vs BatchTopK, mean [95% CI] over seeds | paper | BatchTopK across seeds | random | verdict |\n" + "|" + "---|" * 7 + "\n"
     for r in rows:
         pct = r["how"] == "relative"
-        if r["metric"] == "unique": bt = mean_sd(uniques["batchtopk vs batchtopk (other seed)"]) + " (vs another seed)" if uniques else ""
+        if r["metric"] == "unique":
+            o = uniques["batchtopk vs batchtopk (other seed)"] if uniques else []
+            bt = f"{o[0]:.3f} (vs another seed; one pair)" if len(o) == 1 else mean_sd(o) + " (vs another seed)" if o else ""
         else: bt = mean_sd(seed_values(results, c, "batchtopk", r["metric"]))
         ci = f"[{f(r['lo'], pct)}, {f(r['hi'], pct)}]" if r["n"] > 1 else ""
         who = "matryoshka (control)" if r["kind"] == "matryoshka" and r.get("control") is not None else r["kind"]
@@ -385,6 +389,6 @@ def convergence(c: dict, root: str | Path, composition_steps: int = 0, compositi
                        unique_ortsae_vs_batchtopk=unique_fraction(W["ortsae"], W["batchtopk"]),
                        unique_batchtopk_vs_ortsae=unique_fraction(W["batchtopk"], W["ortsae"]))
             if s in nxt: row["unique_batchtopk_across_seeds"] = unique_fraction(W["batchtopk"], snaps[nxt[s]][i]["W_dec"]["batchtopk"])
-            if composition_steps and s == seeds[0] and i % composition_every == 0: row |= {f"composition_rate/{k}": composition_rate(W[k], steps=composition_steps) for k in KINDS}
+            if composition_steps and s == seeds[0] and i % composition_every == 0: row |= {f"composition_rate/{k}": composition_rate(W[k], steps=composition_steps, seed=s, heldout=True) for k in KINDS}
             rows.append(row)
     return rows
