@@ -305,12 +305,14 @@ def best_c_auc(xtr, ytr, xte, yte, seed: int = 1, max_iter: int = 200) -> float:
     n, Cs = len(xtr), np.logspace(5, -5, 10)
     folds = (list(StratifiedKFold(6, shuffle=True, random_state=42).split(xtr, ytr)) if n < 128
              else [(np.arange(n - min(n // 5, 100)), np.arange(n - min(n // 5, 100), n))])
-    folds = [(a, b) for a, b in folds if len(np.unique(ytr[b])) == 2]
+    folds = [(a, b) for a, b in folds if len(np.unique(ytr[b])) == 2 and len(np.unique(ytr[a])) == 2]
+    if len(np.unique(yte)) < 2: return float("nan")                  # AUC needs both classes in the test texts
     fit = lambda C, a: LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(xtr[a], ytr[a])
     with warnings.catch_warnings():                           # weakly regularised fits on separable classes never converge
         warnings.simplefilter("ignore", ConvergenceWarning)
-        val = [np.mean([roc_auc_score(ytr[b], fit(C, a).predict_proba(xtr[b])[:, 1]) for a, b in folds]) for C in Cs]
-        return float(roc_auc_score(yte, fit(Cs[int(np.argmax(val))], np.arange(n)).predict_proba(xte)[:, 1]))
+        val = [np.mean([roc_auc_score(ytr[b], fit(C, a).predict_proba(xtr[b])[:, 1]) for a, b in folds]) for C in Cs] if folds else []
+        C = Cs[int(np.argmax(val))] if folds else 1.0                 # no usable fold: scikit-learn's default, as sae-probes falls back
+        return float(roc_auc_score(yte, fit(C, np.arange(n)).predict_proba(xte)[:, 1]))
 
 # %% ../nbs/09_downstream.ipynb #8892a624
 @torch.no_grad()
@@ -323,7 +325,7 @@ def sae_probes_scores(codes: Tensor, tasks: dict, ks=(1, 4, 16), seed: int = 0) 
             ctr, cte, ytr, yte = codes[i.to(codes.device)].float(), codes[j.to(codes.device)].float(), y.numpy(), yj.numpy()
             rank = sae_probes_ranking(ctr, y.to(codes.device))
             for k in ks: out[k].append(best_c_auc(ctr[:, rank[:k]].cpu().numpy(), ytr, cte[:, rank[:k]].cpu().numpy(), yte))
-    return {k: sum(v) / len(v) for k, v in out.items()}
+    return {k: float(np.nanmean(v)) for k, v in out.items()}          # a class without both labels in its test texts: skipped
 
 # %% ../nbs/09_downstream.ipynb #3f668d43
 SIZES = {"smoke": dict(per_cell=60, n_test=12, per_genre=90), "default": dict(per_cell=250, n_test=50, per_genre=300),
