@@ -109,6 +109,16 @@ def _print_summary(s: dict, run_dir: str):
         print(f"{k:16s} {v['mse']:8.4f} {v['ev']:6.3f} {v['l0']:6.1f} {v['dead']:6.1%} {ortho}")
     print(f"run folder: {run_dir} (config.json, log.jsonl, training.png, summary.json, saes/)")
 
+# %% ../nbs/90_cli.ipynb #db41ad85
+def _at_least(lo: int):
+    "An argparse type: an integer >= `lo`, refused while parsing with the valid range."
+    def parse(s: str) -> int:
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not an integer (use one >= {lo})") from None
+        if v < lo: raise argparse.ArgumentTypeError(f"{v} is too small: use an integer >= {lo}")
+        return v
+    return parse
+
 # %% ../nbs/90_cli.ipynb #cfb8e846
 def _add_downstream_flags(e):
     e.add_argument("--evals", nargs="+", default=["table1", *EVALS], choices=["table1", *EVALS],
@@ -132,6 +142,12 @@ def _add_eval(sub):
     e.add_argument("--device", default="auto", help="where to evaluate (auto: cuda when available, else cpu)")
     e.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep each SAE's trained inference threshold instead of calibrating it to L0 = k on held-out tokens")
+    e.add_argument("--absorption-recipes", nargs="+", default=["ortsae"], choices=["ortsae", "saebench"],
+                   help="first-letter absorption by ortsae's converged probes and/or SAEBench's recipe (the paper's quantity; chapter 07)")
+    e.add_argument("--composition-heldout", action="store_true",
+                   help="fit the composition meta-SAE on half the decoder rows and score the other half (chapter 06; chapter 14 does)")
+    e.add_argument("--resample-seed", type=_at_least(0), default=None,
+                   help="draw a bootstrap resample of the test words, SAEBench's probe and the meta-SAE from this seed (chapter 14: the run's seed)")
 
     _add_downstream_flags(e)
 
@@ -168,16 +184,6 @@ def _add_features(sub):
     f.add_argument("--decompose", default=None, metavar="ATOMS",
                    help="also decompose --sae's decoder into this SAE's (e.g. ortsae) and back, and print the fractions")
     f.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
-
-# %% ../nbs/90_cli.ipynb #db41ad85
-def _at_least(lo: int):
-    "An argparse type: an integer >= `lo`, refused while parsing with the valid range."
-    def parse(s: str) -> int:
-        try: v = int(s)
-        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not an integer (use one >= {lo})") from None
-        if v < lo: raise argparse.ArgumentTypeError(f"{v} is too small: use an integer >= {lo}")
-        return v
-    return parse
 
 # %% ../nbs/90_cli.ipynb #a4eeb68a
 def _add_synth(sub):
@@ -251,11 +257,16 @@ def _eval(args):
 
 def _eval_table1(args, device):
     res = evaluate_run(args.run_dir, args.tokens, args.ce_batches, args.composition_steps, args.absorption_words,
-                       args.min_probe_f1, args.min_letters, calibrate=args.calibrate, device=device)
+                       args.min_probe_f1, args.min_letters, calibrate=args.calibrate, device=device,
+                       absorption_recipes=tuple(args.absorption_recipes), resample_seed=args.resample_seed,
+                       composition_heldout=args.composition_heldout)
     h = res["heldout"]
     print(f"{res['n_tokens']:,} held-out activations ({h['source']}, after the {h['skipped_chunks']} chunks training read); "
           f"written to {args.run_dir}/metrics.json, metrics.png")
     print(table1(res))
+    if "saebench" in args.absorption_recipes and not res["absorption_error"]:
+        print("absorption, SAEBench's recipe: " + ", ".join(f"{k} {v['absorption_saebench']:.3f}" for k, v in res["saes"].items()
+                                                              if v.get("absorption_saebench") is not None))
     if res["absorption_error"]: print(f"absorption not computed: {res['absorption_error']}")
 
 # %% ../nbs/90_cli.ipynb #78ef7096
