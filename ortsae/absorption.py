@@ -194,8 +194,8 @@ def _letter_mains(fp: Tensor, y: Tensor, s: int, letters: list[int], main: dict 
     "Each letter's main latents and k-sparse F1s: as given in `main`, else chosen on the first `s` (training) words."
     if select not in ("train", "test"): raise ValueError(f"select={select!r}: use 'train' (a validation slice of the training words) or 'test' (SAEBench's choice).")
     todo = [l for l in letters if (main or {}).get(chr(97 + l)) is None]
-    ranks = rank_latents(fp[:s], y[:s], l1=l1, recipe=recipe, seed=seed) if todo else None
     fit, val = (slice(0, s - s // 4), slice(s - s // 4, s)) if select == "train" else (slice(0, s), slice(s, None))
+    ranks = rank_latents(fp[fit], y[fit], l1=l1, recipe=recipe, seed=seed) if todo else None   # ranked on the fitted words only
     return {l: main_latents(fp[fit], (y[fit] == l).long(), fp[val], (y[val] == l).long(), ranks[l], max_k, jump) if l in todo
                else (main[chr(97 + l)], []) for l in letters}
 
