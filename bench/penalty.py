@@ -1,104 +1,183 @@
 """Benchmark the orthogonality penalty and an OrtSAE training step, side by side in one run.
 
-(a) autograd through each chunk's cosine (Gram) matrix, (b) ortsae's fast exact version (no-grad neighbour search over
-the symmetric Gram's tile pairs + gathered pairs), (b1) the same with a one-sided search (every tile of rows against
-the whole chunk: twice the matrix products), (c) the full pairwise penalty; then one training step (forward, loss, backward, Adam) of BatchTopK vs
-OrtSAE with the penalty every step and every 5th step. Each penalty case runs in a fresh subprocess so its peak memory
-(growth of the max RSS over the call) is its own. Prints times, peak memory and ratios; asserts nothing.
+Three versions of the penalty's nearest-neighbour search, all giving the same neighbours (checked here too):
+  before  the fp32 symmetric search as it was before the certified search (column maxima by `C.max(0)`),
+  fp32    today's fp32 search (`search="fp32"`: column maxima on a contiguous transpose),
+  cert    the certified low-precision search (`search="bf16"`, or `--low fp16`): a bf16 Gram matrix, fp32/fp64
+          rescoring of the candidates and the fp32 search's own values for near-ties (chapter 03).
+Tables: (1) the penalty (forward + backward) against m at chunks of 8,192, each case in a fresh process so its peak
+memory is its own; (2) the search alone on one chunk, for random unit rows and for trained decoders (`--decoders`),
+with the share of rows certified; (3) one training step (forward, loss, backward, Adam) of BatchTopK and OrtSAE, the
+cases interleaved round by round so that machine noise hits all alike. `--reference` adds autograd through each
+chunk's Gram matrix and the full pairwise penalty to table 1 (slow). Prints times and ratios; asserts nothing.
 
-    python bench/penalty.py                 # m = 4k..64k at d_in 576, chunk 8192 (about 10 minutes on 2 CPU cores)
-    python bench/penalty.py --quick         # smaller sizes, a minute
+    python bench/penalty.py                  # m 16k-64k, d_in 576 (about 10 minutes on 2 CPU cores)
+    python bench/penalty.py --quick          # smaller sizes, about a minute
+    python bench/penalty.py --decoders runs/repro-cpu-wide/k32-seed0/saes/ortsae runs/repro-cpu-wide/k32-seed0/saes/batchtopk
 """
-import argparse, json, resource, subprocess, sys, time
+import argparse, contextlib, json, subprocess, sys, time
+from pathlib import Path
 import torch
 
-CASE = r'''
-import json, resource, sys, time, torch
-from ortsae.orthogonality import chunked_penalty, chunked_penalty_autograd, full_penalty, random_partition, pair_cosines
-def onesided(W, chunks, tile=1024):
-    nn, wt = torch.empty(len(W), dtype=torch.long), torch.empty(len(W))
-    with torch.no_grad():
-        for idx in chunks:
-            Wc = W.detach()[idx]; Wn = Wc / Wc.norm(dim=1, keepdim=True); out = torch.empty(len(idx), dtype=torch.long)
-            for s in range(0, len(idx), tile):
-                C = Wn[s:s + tile] @ Wn.T; C[torch.arange(len(C)), torch.arange(s, s + len(C))] = float("-inf")
-                out[s:s + tile] = C.argmax(1)
-            nn[idx], wt[idx] = idx[out], 1 / (len(chunks) * len(idx))
-    return (wt * pair_cosines(W, nn).pow(2)).sum()
-method, m, d, chunk, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+BEFORE = r'''
+import torch
+from ortsae.orthogonality import _update_best
+@torch.no_grad()
+def before_search(Wn, tile, absolute):
+    best = torch.full((len(Wn),), float("-inf"), device=Wn.device, dtype=Wn.dtype)
+    arg = torch.zeros(len(Wn), dtype=torch.long, device=Wn.device)
+    for a in range(0, len(Wn), tile):
+        for b in range(a, len(Wn), tile):
+            C = Wn[a:a + tile] @ Wn[b:b + tile].T
+            if absolute: C = C.abs_()
+            if a == b: C.fill_diagonal_(float("-inf"))
+            _update_best(best, arg, slice(a, a + tile), *C.max(1), b)
+            if a != b: _update_best(best, arg, slice(b, b + tile), *C.max(0), a)
+    return arg
+'''
+exec(BEFORE)
+
+CASE = BEFORE + r'''
+import json, resource, sys, time, contextlib
+import ortsae.orthogonality as O
+method, m, d, chunk, reps, low = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+if method == "before": O._symmetric_search = before_search
 torch.manual_seed(0)
 W = torch.nn.functional.normalize(torch.randn(m, d), dim=1).requires_grad_()
-chunks = random_partition(m, chunk, torch.Generator().manual_seed(0))
-fn = {"autograd": lambda: chunked_penalty_autograd(W, chunks), "fast": lambda: chunked_penalty(W, chunks=chunks),
-      "onesided": lambda: onesided(W, chunks), "full": lambda: full_penalty(W)}[method]
-small = torch.randn(64, d, requires_grad=True)                  # warm-up: load the math libraries' workspaces
-{"autograd": lambda: chunked_penalty_autograd(small, random_partition(64, 32)), "fast": lambda: chunked_penalty(small, 32),
- "onesided": lambda: onesided(small, random_partition(64, 32)), "full": lambda: full_penalty(small)}[method]().backward()
+chunks = O.random_partition(m, chunk, torch.Generator().manual_seed(0))
+search = {"before": "fp32", "fp32": "fp32", "cert": low}.get(method)
+fn = {"autograd": lambda w, c: O.chunked_penalty_autograd(w, c), "full": lambda w, c: O.full_penalty(w)}.get(
+    method, lambda w, c: O.chunked_penalty(w, chunks=c, search=search))
+small = torch.randn(64, d, requires_grad=True); fn(small, O.random_partition(64, 32)).backward()   # warm-up
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 for _ in range(reps):
     W.grad = None
-    t = time.perf_counter(); fn().backward(); times.append(time.perf_counter() - t)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-print(json.dumps({"s": min(times), "peak_mib": peak / 1024}))
+    t = time.perf_counter(); fn(W, chunks).backward(); times.append(time.perf_counter() - t)
+print(json.dumps({"s": min(times), "peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
 '''
 
 
-def penalty_case(method, m, d, chunk, reps):
-    out = subprocess.run([sys.executable, "-c", CASE, method, str(m), str(d), str(chunk), str(reps)],
-                         capture_output=True, text=True)
+def penalty_case(method, m, d, chunk, reps, low):
+    out = subprocess.run([sys.executable, "-c", CASE, method, str(m), str(d), str(chunk), str(reps), low], capture_output=True, text=True)
     if out.returncode: return {"s": float("nan"), "peak_mib": float("nan"), "error": out.stderr.strip().splitlines()[-1]}
     return json.loads(out.stdout)
 
 
-def step_time(sae, B, steps, seed=0):
-    "Mean seconds of a training step (forward, loss, backward, decoder projection, Adam) after one warm-up step."
-    opt, g, times = torch.optim.Adam(sae.parameters(), lr=1e-4), torch.Generator().manual_seed(seed), []
-    for _ in range(steps + 1):
-        x = torch.randn(B, sae.d_in, generator=g)
-        t = time.perf_counter()
-        out = sae.loss(x); opt.zero_grad(); out["loss"].backward()
-        sae.remove_parallel_grad(); opt.step(); sae.normalize_decoder()
-        times.append(time.perf_counter() - t)
-    return sum(times[1:]) / steps
+@contextlib.contextmanager
+def searching_before():
+    "Run the package with the search as it was before (monkeypatched; the fp32 path of `nearest_neighbours`)."
+    import ortsae.orthogonality as O
+    old, O._symmetric_search = O._symmetric_search, before_search
+    try: yield
+    finally: O._symmetric_search = old
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
-    p.add_argument("--d", type=int, default=576)
-    p.add_argument("--chunk", type=int, default=8192)
-    p.add_argument("--full-max", type=int, default=16384, help="largest m for the O(m^2) full pairwise penalty")
-    p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--step-m", type=int, default=16384)
-    p.add_argument("--step-B", type=int, default=4096)
-    p.add_argument("--step-k", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10, help="timed training steps (a multiple of 5)")
-    p.add_argument("--quick", action="store_true", help="m up to 8192, chunk 2048, smaller training step")
-    p.add_argument("--steps-only", action="store_true", help="skip the penalty table, time the training steps only")
-    a = p.parse_args()
-    if a.quick: a.sizes, a.chunk, a.full_max, a.step_m, a.step_B, a.steps = [2048, 4096, 8192], 2048, 8192, 4096, 1024, 10
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d_in={a.d}, chunk={a.chunk}")
-    print(f"{'m':>6} | {'(a) autograd s':>14} {'MiB':>7} | {'(b) fast s':>10} {'MiB':>7} | {'(b1) 1-sided s':>14} |"
-          f" {'(c) full s':>10} {'MiB':>7} | {'a/b time':>8} {'a/b mem':>8} {'b1/b':>6}")
-    for m in ([] if a.steps_only else a.sizes):
-        chunk = min(a.chunk, m)
-        ra, rb = penalty_case("autograd", m, a.d, chunk, a.reps), penalty_case("fast", m, a.d, chunk, a.reps)
-        r1 = penalty_case("onesided", m, a.d, chunk, a.reps)
-        rc = penalty_case("full", m, a.d, m, 1) if m <= a.full_max else {"s": float("nan"), "peak_mib": float("nan")}
-        print(f"{m:>6} | {ra['s']:>14.2f} {ra['peak_mib']:>7.0f} | {rb['s']:>10.2f} {rb['peak_mib']:>7.0f} | {r1['s']:>14.2f} | "
-              f"{rc['s']:>10.2f} {rc['peak_mib']:>7.0f} | {ra['s'] / rb['s']:>7.1f}x {ra['peak_mib'] / max(rb['peak_mib'], 1):>7.1f}x"
-              f" {r1['s'] / rb['s']:>5.2f}x", flush=True)
+def best_of(fn, reps):
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter(); out = fn(); times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def search_row(name, W, tile, low, reps):
+    "Times of the three searches on the unit rows of `W` (one chunk), the certificate's statistics, and whether all agree."
+    from ortsae.orthogonality import _symmetric_search, certified_search
+    Wn = torch.nn.functional.normalize(W.float(), dim=1)
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[low]
+    certified_search(Wn[:600], 256, False, dt)                          # warm-up (and the bit-for-bit probe of a shape)
+    t0, a0 = best_of(lambda: before_search(Wn, tile, False), reps)
+    t1, a1 = best_of(lambda: _symmetric_search(Wn, tile, False), reps)
+    stats = {}
+    t2, a2 = best_of(lambda: certified_search(Wn, tile, False, dt, stats), reps)
+    same = torch.equal(a0, a1) and torch.equal(a0, a2)
+    print(f"{name:<44} {len(Wn):>6} | {t0:>8.3f} {t1:>8.3f} {t2:>8.3f} | {t0 / t2:>6.2f}x {t1 / t2:>6.2f}x | "
+          f"{stats['candidates']:>6.1f} {100 * (1 - stats['tied'] / stats['rows']):>7.1f}% | {same}", flush=True)
+
+
+def step_time(sae, x, opt):
+    t = time.perf_counter()
+    out = sae.loss(x); opt.zero_grad(); out["loss"].backward()
+    sae.remove_parallel_grad(); opt.step(); sae.normalize_decoder()
+    return time.perf_counter() - t
+
+
+def steps_table(a):
+    "Training steps of BatchTopK and OrtSAE (search before / fp32 / certified; every step and every 5th), interleaved."
     from ortsae.sae import BatchTopKSAE
     from ortsae.orthogonality import OrtSAE
     kw = dict(d_in=a.d, d_sae=a.step_m, k=a.step_k, seed=0)
     chunk = min(a.chunk, a.step_m)
-    print(f"\ntraining step, d_in={a.d}, m={a.step_m}, B={a.step_B}, k={a.step_k}, chunk={chunk} (mean of {a.steps} steps)")
-    t_base = step_time(BatchTopKSAE(**kw), a.step_B, a.steps)
-    t_ort1 = step_time(OrtSAE(**kw, chunk_size=chunk, every=1), a.step_B, a.steps)
-    t_ort5 = step_time(OrtSAE(**kw, chunk_size=chunk, every=5), a.step_B, a.steps)
-    print(f"BatchTopK {t_base:.2f} s | OrtSAE every step {t_ort1:.2f} s ({t_ort1 / t_base:.2f}x) | "
-          f"OrtSAE every 5th {t_ort5:.2f} s ({t_ort5 / t_base:.2f}x)")
+    cases = {"BatchTopK": (BatchTopKSAE(**kw), False)}
+    for every in (1, 5):
+        for s in ("before", "fp32", a.low):
+            cases[f"OrtSAE every {'step' if every == 1 else '5th'}, {s}"] = (
+                OrtSAE(**kw, chunk_size=chunk, every=every, search="fp32" if s == "before" else s), s == "before")
+    opts = {k: torch.optim.Adam(sae.parameters(), lr=1e-4) for k, (sae, _) in cases.items()}
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(a.step_B, a.d, generator=g) for _ in range(5)]
+    times = {k: [] for k in cases}
+    for r in range(a.rounds + 1):                                       # round 0 warms up
+        for k, (sae, before) in cases.items():
+            with (searching_before() if before else contextlib.nullcontext()):
+                ts = [step_time(sae, xs[i % 5], opts[k]) for i in range(5)]   # 5 steps: every-5th runs its penalty once
+            if r: times[k].append(sum(ts) / 5)
+    base = sum(times["BatchTopK"]) / a.rounds
+    print(f"\ntraining step, d_in {a.d}, m {a.step_m:,}, B {a.step_B:,}, k {a.step_k}, chunk {chunk} "
+          f"(mean of {a.rounds} rounds x 5 steps, interleaved)")
+    for k, ts in times.items():
+        t = sum(ts) / a.rounds
+        share = f"penalty {100 * (t - base) / t:4.0f}% of the step" if k != "BatchTopK" else ""
+        print(f"  {k:<34} {t:7.3f} s  {t / base:5.2f}x BatchTopK  {share}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[16384, 32768, 65536], help="dictionary sizes m of table 1")
+    p.add_argument("--d", type=int, default=576, help="d_in (SmolLM2-135M's width)")
+    p.add_argument("--chunk", type=int, default=8192, help="features per penalty chunk (the paper's 8,192)")
+    p.add_argument("--low", choices=["bf16", "fp16"], default="bf16", help="the certified search's precision")
+    p.add_argument("--reps", type=int, default=3, help="repeats per penalty or search case (the fastest is kept)")
+    p.add_argument("--reference", action="store_true", help="also autograd through the chunk Gram matrices and the full penalty (slow)")
+    p.add_argument("--full-max", type=int, default=16384, help="largest m for the O(m^2) full pairwise penalty (with --reference)")
+    p.add_argument("--decoders", nargs="*", default=[], help="saved SAE folders whose decoders join the search table")
+    p.add_argument("--step-m", type=int, default=16384, help="latents of the training-step table")
+    p.add_argument("--step-B", type=int, default=4096, help="batch of the training-step table")
+    p.add_argument("--step-k", type=int, default=64, help="L0 of the training-step table")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of 5 steps per training-step case")
+    p.add_argument("--quick", action="store_true", help="m 4k-16k, chunk 4,096, a smaller training step")
+    a = p.parse_args()
+    for name in ("d", "chunk", "reps", "step_m", "step_B", "step_k", "rounds"):
+        if getattr(a, name) < 1: p.error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(a, name)})")
+    if a.chunk < 2 or min(a.sizes) < 2: p.error("--chunk and every --sizes value must be at least 2")
+    for f in a.decoders:
+        if not (Path(f) / "cfg.json").exists(): p.error(f"--decoders: {f} is not a saved SAE folder (no cfg.json); see ortsae.sae.save")
+    if a.quick: a.sizes, a.chunk, a.full_max, a.step_m, a.step_B, a.rounds = [4096, 8192, 16384], 4096, 8192, 8192, 1024, 2
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d_in {a.d}, chunk {a.chunk:,}, certified search in {a.low}")
+
+    print(f"\n(1) penalty, forward + backward (random unit rows; peak MiB = growth of a fresh process's max RSS)")
+    ref = f" | {'autograd s':>10} {'full s':>8}" if a.reference else ""
+    print(f"{'m':>6} | {'before s':>8} {'MiB':>5} | {'fp32 s':>8} | {'cert s':>8} {'MiB':>5} | {'before/cert':>11} {'fp32/cert':>9}{ref}")
+    for m in a.sizes:
+        chunk = min(a.chunk, m)
+        r0, r1, r2 = (penalty_case(k, m, a.d, chunk, a.reps, a.low) for k in ("before", "fp32", "cert"))
+        extra = ""
+        if a.reference:
+            ra = penalty_case("autograd", m, a.d, chunk, 1, a.low)
+            rf = penalty_case("full", m, a.d, m, 1, a.low) if m <= a.full_max else {"s": float("nan")}
+            extra = f" | {ra['s']:>10.2f} {rf['s']:>8.2f}"
+        print(f"{m:>6} | {r0['s']:>8.3f} {r0['peak_mib']:>5.0f} | {r1['s']:>8.3f} | {r2['s']:>8.3f} {r2['peak_mib']:>5.0f} | "
+              f"{r0['s'] / r2['s']:>10.2f}x {r1['s'] / r2['s']:>8.2f}x{extra}", flush=True)
+
+    print(f"\n(2) the search alone on one chunk (seconds; candidates per row; rows certified without fp32's own values)")
+    print(f"{'decoder':<44} {'rows':>6} | {'before':>8} {'fp32':>8} {'cert':>8} | {'bef/cert':>7} {'fp32/cert':>7} | {'cands':>6} {'certified':>8} | same")
+    g = torch.Generator().manual_seed(0)
+    search_row("random unit rows (a decoder at initialisation)", torch.randn(a.chunk, a.d, generator=g), 1024, a.low, a.reps)
+    from ortsae.sae import load_sae
+    for f in a.decoders:
+        W = load_sae(f).W_dec.detach()
+        search_row(str(f)[-44:], W[:a.chunk], 1024, a.low, a.reps)
+    steps_table(a)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,17 @@
 
 # %% ../nbs/03_orthogonality.ipynb #749999fa
 from __future__ import annotations
-import math
+import contextlib, math, warnings
 import torch
 from torch import nn, Tensor
 from .sae import BatchTopKSAE, MatryoshkaSAE, SAE_CLASSES
 import ortsae.fast   # chapter 02's sparse training step: importing it switches it on
 
 # %% auto #0
-__all__ = ['DELTA', 'cosine_matrix', 'neighbour_cost', 'full_penalty', 'check_chunk_size', 'random_partition',
-           'chunked_penalty_autograd', 'nearest_neighbours', 'pair_cosines', 'chunked_penalty', 'Orthogonal', 'OrtSAE',
-           'OrtMatryoshkaSAE', 'random_max_cos']
+__all__ = ['DELTA', 'LOW_TILE', 'SEARCHES', 'AUTO_RETRY', 'AUTO_MIN_ROWS', 'cosine_matrix', 'neighbour_cost', 'full_penalty',
+           'check_chunk_size', 'random_partition', 'chunked_penalty_autograd', 'fp32_dot_error', 'low_precision_bound',
+           'certified_search', 'search_dtype', 'certificate_pays', 'nearest_neighbours', 'pair_cosines',
+           'chunked_penalty', 'Orthogonal', 'OrtSAE', 'OrtMatryoshkaSAE', 'random_max_cos']
 
 # %% ../nbs/03_orthogonality.ipynb #430076ab
 DELTA = 1e-8  # the guard in Eq. 3 (the paper does not give its value)
@@ -71,16 +72,198 @@ def _symmetric_search(Wn: Tensor, tile: int, absolute: bool) -> Tensor:
             if absolute: C = C.abs_()
             if a == b: C.fill_diagonal_(float("-inf"))                 # not yourself
             _update_best(best, arg, slice(a, a + tile), *C.max(1), b)   # rows of tile a: columns of tile b
-            if a != b: _update_best(best, arg, slice(b, b + tile), *C.max(0), a)   # and the transpose
+            if a != b: _update_best(best, arg, slice(b, b + tile), *C.T.contiguous().max(1), a)   # and the transpose
     return arg
 
-# %% ../nbs/03_orthogonality.ipynb #6af6d255
+# %% ../nbs/03_orthogonality.ipynb #786a69c6
+def fp32_dot_error(d: int) -> float:
+    "gamma_d: an fp32 dot product of `d` terms summed in any order is within gamma_d * sum_k |a_k b_k| of the exact one."
+    g = d * 2.0 ** -24; return g / (1 - g)
+
 @torch.no_grad()
-def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA, absolute: bool = False, guard: bool | None = None) -> Tensor:
-    "Index of each row's most cosine-similar (`absolute`: largest |cos|) other row of `W`, `tile` rows at a time; `guard`: may a pair need Eq. 3's guard (None: check)."
+def low_precision_bound(Wn: Tensor, Wl: Tensor) -> tuple[float, float]:
+    "`(beta, u)`: each entry x of `Wl @ Wl.T` (`Wl` is `Wn` rounded) is within `beta + u|x|` of the exact cosine of `Wn`'s rows."
+    r = (Wn - Wl.float()).norm(dim=1).max().item()                      # rounding residuals: exact in fp32
+    nu, nmax = Wl.float().norm(dim=1).max().item(), Wn.norm(dim=1).max().item()
+    u = torch.finfo(Wl.dtype).eps / 2                                   # the result's rounding, relative
+    beta = (r * (nmax + nu) + 2 * fp32_dot_error(Wn.shape[1]) * nu * nu) * (1 + 1e-4) + 1e-30
+    return beta, u / (1 - u)
+
+# %% ../nbs/03_orthogonality.ipynb #0368c3eb
+LOW_TILE = 512   # rows per tile of the low-precision pass (measured: 512 and 1,024 about equal here, 2,048 slower)
+
+@torch.no_grad()
+def _low_tiles(Wl: Tensor, tile: int, absolute: bool) -> tuple[list, Tensor]:
+    "Pass 1: each tile pair (a <= b) of the low-precision Gram matrix with its row and column maxima; each row's maximum."
+    m, tiles = torch.full((len(Wl),), float("-inf"), device=Wl.device), []
+    for a in range(0, len(Wl), tile):
+        for b in range(a, len(Wl), tile):
+            X = Wl[a:a + tile] @ Wl[b:b + tile].T
+            if absolute: X = X.abs_()
+            if a == b: X.fill_diagonal_(float("-inf"))                     # not yourself
+            r, c = X.amax(1).float(), X.amax(0).float()
+            m[a:a + tile] = torch.maximum(m[a:a + tile], r); m[b:b + tile] = torch.maximum(m[b:b + tile], c)
+            tiles.append((a, b, X, r, c))
+    return tiles, m
+
+# %% ../nbs/03_orthogonality.ipynb #9973a468
+def _tile_pairs(X: Tensor, ta: Tensor, tb: Tensor, r: Tensor, c: Tensor, diag: bool) -> tuple[Tensor, ...]:
+    "Tile `X`'s pairs (i, j) where X[i, j] reaches ta[i] and, off the diagonal, (j, i) where it reaches tb[j]."
+    rows, cols = (r >= ta.float()).nonzero().squeeze(1), (c >= tb.float()).nonzero().squeeze(1)[:0 if diag else None]
+    if 2 * len(rows) < len(r) and 2 * len(cols) < len(c):              # few rows and columns in reach: gather them
+        i, j = (X[rows] >= ta[rows, None]).nonzero(as_tuple=True); jj, ii = (X[:, cols] >= tb[cols]).nonzero(as_tuple=True)
+        return rows[i], j, cols[ii], jj
+    M = X >= ta[:, None]
+    if not diag: M |= X >= tb[None, :]
+    i, j = M.nonzero(as_tuple=True); x = X[i, j]; f, g = x >= ta[i], (x >= tb[j]) & (not diag)
+    return i[f], j[f], j[g], i[g]
+
+def _candidates(tiles: list, t: Tensor) -> tuple[Tensor, Tensor]:
+    "Pass 2: every pair (i, j), sorted, whose low-precision value reaches row i's threshold `t[i]` (in the tiles' dtype)."
+    I, J = [], []
+    for a, b, X, r, c in tiles:
+        i, j, i2, j2 = _tile_pairs(X, t[a:a + len(r)], t[b:b + len(c)], r, c, a == b)
+        I += [i + a, i2 + b]; J += [j + b, j2 + a]
+    I, J = torch.cat(I), torch.cat(J); order = torch.argsort(I * len(t) + J)
+    return I[order], J[order]
+
+# %% ../nbs/03_orthogonality.ipynb #b29372ae
+def _rescore(W: Tensor, I: Tensor, J: Tensor) -> Tensor:
+    "Dot products of the row pairs (I, J) of `W` (sorted by I), in `W`'s dtype: a sampled matrix product, no gathering."
+    n = len(W); crow = torch.zeros(n + 1, dtype=torch.long, device=W.device)
+    crow[1:] = torch.bincount(I, minlength=n).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                 # torch calls its CSR tensors "beta"
+        mask = torch.sparse_csr_tensor(crow, J, torch.zeros(len(I), dtype=W.dtype, device=W.device), (n, n))
+        return torch.sparse.sampled_addmm(mask, W, W.T).values()
+
+def _exact(Wn: Tensor, I: Tensor, J: Tensor) -> tuple[Tensor, Tensor]:
+    "fp64 dot products of the pairs, and the bound on the fp32 search's error for each: gamma_d * sum_k |a_k b_k|."
+    W64 = Wn.double()
+    return _rescore(W64, I, J), _rescore(W64.abs(), I, J) * (fp32_dot_error(Wn.shape[1]) * (1 + 1e-6)) + 1e-12
+
+def _in_reach(I: Tensor, v: Tensor, e: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    "Pairs whose value `v` (within `e` of the fp32 search's) may still be their row's best, and how many per row."
+    low = torch.full((n,), float("-inf"), dtype=v.dtype, device=v.device).scatter_reduce(0, I, v - e, "amax")
+    keep = v + e >= low[I]                                              # its upper bound reaches the row's best lower bound
+    return keep, torch.bincount(I[keep], minlength=n)
+
+# %% ../nbs/03_orthogonality.ipynb #6e3dc03f
+_SAME_BITS: dict = {}
+
+def _gathered_is_exact(Wn: Tensor, p: int, q: int) -> bool:
+    "Does a (p x q) product of gathered rows give a tile product's entries bit for bit? Checked once per shape."
+    key = (Wn.device.type, Wn.dtype, p, q, Wn.shape[1], torch.get_num_threads())
+    if key not in _SAME_BITS:
+        g = torch.Generator().manual_seed(0); A, B = Wn[:p], Wn[len(Wn) - q:]
+        i, j = torch.randperm(p, generator=g).to(Wn.device), torch.randperm(q, generator=g).to(Wn.device)
+        _SAME_BITS[key] = torch.equal(A[i] @ B[j].T, (A @ B.T)[i][:, j])
+    return _SAME_BITS[key]
+
+def _pad(idx: Tensor, n: int) -> Tensor: return torch.cat([idx, idx[:1].expand(n - len(idx))])
+
+def _tile_values(Wn: Tensor, tile: int, P: Tensor, Q: Tensor) -> Tensor:
+    "Entries (P, Q) of the fp32 search's tile products, by computing those tiles."
+    f = torch.empty(len(P), dtype=Wn.dtype, device=Wn.device); ta, tb = P // tile, Q // tile
+    for a, b in torch.unique(torch.stack([ta, tb], 1), dim=0).tolist():
+        s = ((ta == a) & (tb == b)).nonzero().squeeze(1)
+        f[s] = (Wn[a * tile:(a + 1) * tile] @ Wn[b * tile:(b + 1) * tile].T)[P[s] - a * tile, Q[s] - b * tile]
+    return f
+
+# %% ../nbs/03_orthogonality.ipynb #c389c283
+def _gathered_values(Wn: Tensor, p: int, q: int, P: Tensor, Q: Tensor) -> Tensor:
+    "The same entries from (p x q) products of gathered rows: blocks of p distinct rows, each with its own columns."
+    f = torch.empty(len(P), dtype=Wn.dtype, device=Wn.device); up, ip = torch.unique(P, return_inverse=True)
+    for r0 in range(0, len(up), p):
+        part = ((ip >= r0) & (ip < r0 + p)).nonzero().squeeze(1); uq, iq = torch.unique(Q[part], return_inverse=True)
+        for c0 in range(0, len(uq), q):
+            s = ((iq >= c0) & (iq < c0 + q)).nonzero().squeeze(1)
+            f[part[s]] = (Wn[_pad(up[r0:r0 + p], p)] @ Wn[_pad(uq[c0:c0 + q], q)].T)[ip[part[s]] - r0, iq[s] - c0]
+    return f
+
+def _fp32_values(Wn: Tensor, tile: int, P: Tensor, Q: Tensor) -> Tensor:
+    "The fp32 search's own value of each pair (a row P of the lower tile, a column Q), bit for bit."
+    f, n = torch.empty(len(P), dtype=Wn.dtype, device=Wn.device), len(Wn)
+    p_len, q_len = (n - P // tile * tile).clamp(max=tile), (n - Q // tile * tile).clamp(max=tile)   # its tiles' shapes
+    for p, q in torch.unique(torch.stack([p_len, q_len], 1), dim=0).tolist():
+        s = ((p_len == p) & (q_len == q)).nonzero().squeeze(1)
+        f[s] = _gathered_values(Wn, p, q, P[s], Q[s]) if _gathered_is_exact(Wn, p, q) else _tile_values(Wn, tile, P[s], Q[s])
+    return f
+
+# %% ../nbs/03_orthogonality.ipynb #1c14ce82
+def _resolve(Wn: Tensor, tile: int, absolute: bool, I: Tensor, J: Tensor, arg: Tensor) -> Tensor:
+    "Rows still tied: the fp32 search's own values decide, the lowest column winning equal values (as it does)."
+    swap = J // tile < I // tile                                        # the fp32 search multiplies the lower tile's rows
+    f = _fp32_values(Wn, tile, torch.where(swap, J, I), torch.where(swap, I, J))
+    f, n = f.abs() if absolute else f, len(Wn)
+    best = torch.full((n,), float("-inf"), dtype=f.dtype, device=f.device).scatter_reduce(0, I, f, "amax")
+    win = f == best[I]
+    first = torch.full((n,), n, dtype=torch.long, device=f.device).scatter_reduce(0, I[win], J[win], "amin")
+    rows = I.unique(); arg[rows] = first[rows]
+    return arg
+
+@contextlib.contextmanager
+def _fp32_sums():
+    "On a GPU, fp16/bf16 products sum in fp32 (cuBLAS may otherwise reduce in low precision, outside the bound)."
+    mm = torch.backends.cuda.matmul; old = mm.allow_fp16_reduced_precision_reduction, mm.allow_bf16_reduced_precision_reduction
+    mm.allow_fp16_reduced_precision_reduction = mm.allow_bf16_reduced_precision_reduction = False
+    try: yield
+    finally: mm.allow_fp16_reduced_precision_reduction, mm.allow_bf16_reduced_precision_reduction = old
+
+# %% ../nbs/03_orthogonality.ipynb #2cab96a7
+@torch.no_grad()
+def certified_search(Wn: Tensor, tile: int = 1024, absolute: bool = False, dtype=torch.bfloat16, stats: dict | None = None) -> Tensor:
+    "`_symmetric_search(Wn, tile, absolute)`'s neighbours, bit for bit, from a `dtype` Gram matrix and a certificate."
+    n, Wl = len(Wn), Wn.to(dtype); beta, u = low_precision_bound(Wn, Wl)
+    e = fp32_dot_error(Wn.shape[1]) * Wn.norm(dim=1).max().item() ** 2   # the fp32 search's largest error
+    with _fp32_sums(): tiles, m = _low_tiles(Wl, LOW_TILE, absolute)
+    low = m - beta - u * m.abs() - 2 * e - beta                        # x + u|x| >= low: solve for x
+    t = torch.where(low >= 0, low / (1 + u), low / (1 - u))
+    I, J = _candidates(tiles, (t - 2 * u * t.abs() - 1e-6).to(dtype)); del tiles   # rounded down: a superset
+    r = _rescore(Wn, I, J); keep, count = _in_reach(I, r.abs() if absolute else r, torch.full_like(r, 2 * e), n)
+    arg = torch.zeros(n, dtype=torch.long, device=Wn.device); one = keep & (count[I] == 1); arg[I[one]] = J[one]
+    I, J = I[keep & (count[I] > 1)], J[keep & (count[I] > 1)]
+    v, e2 = _exact(Wn, I, J); keep, count2 = _in_reach(I, v.abs() if absolute else v, e2, n)
+    one = keep & (count2[I] == 1); arg[I[one]] = J[one]; I, J = I[keep & (count2[I] > 1)], J[keep & (count2[I] > 1)]
+    if stats is not None:                                               # added up over calls (chunks)
+        for k, v in dict(rows=n, pairs=len(r), rescored=int((count > 1).sum()), tied=int((count2 > 1).sum())).items(): stats[k] = stats.get(k, 0) + v
+    return _resolve(Wn, tile, absolute, I, J, arg) if len(I) else arg
+
+# %% ../nbs/03_orthogonality.ipynb #6af6d255
+SEARCHES = ("auto", "fp32", "bf16", "fp16")
+AUTO_RETRY = 100       # "auto" in training: penalty steps on fp32 after the certificate did not pay, before trying again
+AUTO_MIN_ROWS = 4096   # smaller chunks: the low-precision pass saves less than its bookkeeping costs (measured: 1.1x at 2,048)
+
+def search_dtype(search: str, device, rows: int) -> torch.dtype | None:
+    "The low-precision dtype of the neighbour search (None: fp32): `search` forces one; 'auto' picks where it pays."
+    if search not in SEARCHES: raise ValueError(f"search={search!r}: use one of {SEARCHES} (all give the same neighbours).")
+    if search != "auto": return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[search]
+    device = torch.device(device)
+    if rows < AUTO_MIN_ROWS or torch.get_float32_matmul_precision() != "highest": return None   # fp32 products not pure fp32
+    if device.type == "cuda":                                           # tensor cores; fp16's bound is 8x tighter than bf16's
+        return torch.float16 if torch.cuda.get_device_capability(device)[0] >= 7 else None
+    cpu = getattr(torch, "cpu", None)                                   # AMX or AVX512-BF16: bf16 products are fast
+    fast = any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return torch.bfloat16 if device.type == "cpu" and fast else None
+
+def certificate_pays(stats: dict) -> bool:
+    "Did the certified search beat fp32 (measured: yes at ~2 candidates per row, no at ~40 or with many near-ties)?"
+    return stats.get("pairs", 0) <= 8 * stats.get("rows", 0) and stats.get("tied", 0) <= 0.02 * stats.get("rows", 0)
+
+@torch.no_grad()
+def nearest_neighbours(W: Tensor, tile: int = 1024, delta: float = DELTA, absolute: bool = False, guard: bool | None = None,
+                       search: str = "auto", stats: dict | None = None) -> Tensor:
+    "Index of each row's most cosine-similar (`absolute`: largest |cos|) other row of `W`; `guard`: may a pair need Eq. 3's guard (None: check)."
+    with torch.autocast(W.device.type, enabled=False):                 # fp32 products even inside a training step's autocast
+        return _nearest(W.float() if W.dtype in (torch.float16, torch.bfloat16) else W, tile, delta, absolute, guard, search, stats)
+
+def _nearest(W, tile, delta, absolute, guard, search, stats):
     n = W.norm(dim=1)
     if guard is None: guard = bool(n.min().pow(2) < delta)
-    if not guard: return _symmetric_search(W / n[:, None], tile, absolute)   # no pair needs the guard
+    if not guard:                                                       # no pair needs the guard: unit rows
+        dtype = search_dtype(search, W.device, len(W))
+        if dtype is not None and bool(torch.isfinite(W).all()): return certified_search(W / n[:, None], tile, absolute, dtype, stats)
+        return _symmetric_search(W / n[:, None], tile, absolute)
     out = torch.empty(len(W), dtype=torch.long, device=W.device)
     for start in range(0, len(W), tile):
         rows = torch.arange(start, min(start + tile, len(W)), device=W.device)
@@ -100,7 +283,8 @@ def pair_cosines(W: Tensor, nn_idx: Tensor, delta: float = DELTA, rows: Tensor |
 # %% ../nbs/03_orthogonality.ipynb #bc31d895
 def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generator | None = None,
                     tile: int = 1024, delta: float = DELTA, chunks: list[Tensor] | None = None,
-                    margin: float | None = None, absolute: bool = False, shard: tuple[int, int] = (0, 1)) -> Tensor:
+                    margin: float | None = None, absolute: bool = False, shard: tuple[int, int] = (0, 1),
+                    search: str = "auto", stats: dict | None = None) -> Tensor:
     "Eq. 4 on the rows of `W` (decoder vectors), fast and exact; `shard=(i, n)`: only chunks i, i+n, ... (their share)."
     chunks = random_partition(len(W), chunk_size, generator, W.device) if chunks is None else chunks
     nn_idx = torch.arange(len(W), device=W.device)                   # rows outside the shard: weight 0
@@ -108,7 +292,7 @@ def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generato
     own = [idx.to(W.device) for idx in chunks[shard[0]::shard[1]]]
     guard = bool(W.detach().norm(dim=1).min().pow(2) < delta)           # checked once for all chunks (one wait for the GPU)
     for idx in own:
-        nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta, absolute, guard)]
+        nn_idx[idx] = idx[nearest_neighbours(W.detach()[idx], tile, delta, absolute, guard, search, stats)]
         weight[idx] = 1 / (len(chunks) * len(idx))
     if not own: return W.sum() * 0                                     # a shard with no chunk: nothing to add
     rows = None if shard[1] == 1 else torch.cat(own)                   # a shard computes only its own pairs
@@ -119,17 +303,18 @@ def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generato
 class Orthogonal:
     "Mixin: add `gamma` x the chunked orthogonality penalty on `W_dec` to an SAE's loss (every `every` steps)."
     def __init__(self, *args, gamma: float = 0.25, chunk_size: int | None = None, every: int = 1,
-                 penalty_seed: int = 0, margin: float | None = None, absolute: bool = False, **kw):
+                 penalty_seed: int = 0, margin: float | None = None, absolute: bool = False, search: str = "auto", **kw):
         super().__init__(*args, **kw)
         if not gamma >= 0: raise ValueError(f"gamma={gamma!r} must be >= 0.")
+        search_dtype(search, "cpu", 0)                                  # refuses an unknown search
         if margin is not None and not 0 <= margin < 1: raise ValueError(f"margin={margin!r} must be in [0, 1) or None.")
         self.margin, self.absolute = margin, absolute
         if not isinstance(every, int) or every < 1: raise ValueError(f"every={every!r} must be a positive integer.")
         self.chunk_size = min(8192, self.d_sae) if chunk_size is None else chunk_size   # the paper's 8192, or all of m
         check_chunk_size(self.d_sae, self.chunk_size)
-        self.gamma, self.every, self.penalty_seed = gamma, every, penalty_seed
+        self.gamma, self.every, self.penalty_seed, self.search = gamma, every, penalty_seed, search
         self.rng, self.n_steps, self.last_ortho = torch.Generator().manual_seed(penalty_seed), 0, 0.0
-        self.shard = (0, 1)
+        self.shard, self._fp32_for = (0, 1), 0                          # chapter 12's share; see `_ortho_loss`
 
 # %% ../nbs/03_orthogonality.ipynb #f00b36fb
 def _ortho_loss(self, x: Tensor) -> dict[str, Tensor]:
@@ -138,8 +323,11 @@ def _ortho_loss(self, x: Tensor) -> dict[str, Tensor]:
     if self.training:
         self.n_steps += 1
         if (self.n_steps - 1) % self.every == 0 and self.gamma > 0:
+            search, st = ("fp32", None) if self._fp32_for > 0 else (self.search, {})
             p = chunked_penalty(self.W_dec, self.chunk_size, self.rng, margin=self.margin, absolute=self.absolute,
-                                shard=self.shard)   # (0, 1) here; chapter 12 splits the chunks across processes
+                                shard=self.shard, search=search, stats=st)   # shard (0, 1) here; chapter 12 splits the chunks
+            self._fp32_for = max(0, self._fp32_for - 1)   # "auto": fp32 for a while once the certificate stops paying
+            if self.search == "auto" and st and not certificate_pays(st): self._fp32_for = AUTO_RETRY
             out["loss"] = out["loss"] + self.gamma * self.every * self.shard[1] * p
             self.last_ortho = p.detach()                                  # a tensor: no wait for the GPU here
     out["ortho"] = torch.as_tensor(self.last_ortho, dtype=torch.float32, device=x.device)
@@ -151,7 +339,7 @@ def _get_extra_state(self): return {"n_steps": self.n_steps, "rng": self.rng.get
 def _set_extra_state(self, s): self.n_steps, self.last_ortho = s["n_steps"], s["last_ortho"]; self.rng.set_state(s["rng"])
 def _config(self): return {**super(Orthogonal, self).config(), "gamma": self.gamma, "chunk_size": self.chunk_size,
                            "every": self.every, "penalty_seed": self.penalty_seed, "margin": self.margin,
-                           "absolute": self.absolute}
+                           "absolute": self.absolute, "search": self.search}
 Orthogonal.get_extra_state, Orthogonal.set_extra_state, Orthogonal.config = _get_extra_state, _set_extra_state, _config
 
 # %% ../nbs/03_orthogonality.ipynb #40e915b5

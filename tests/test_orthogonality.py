@@ -156,3 +156,87 @@ def test_shards_add_up_to_the_penalty(m, seed, world, data):
     parts = [chunked_penalty(W, chunks=chunks, shard=(r, world)) for r in range(world)]
     g_parts = sum(torch.autograd.grad(p, W)[0] for p in parts)
     assert torch.allclose(sum(parts), full, atol=1e-12) and torch.allclose(g_parts, g_full, atol=1e-12)
+
+
+# ---- chapter 03's certified low-precision search: the fp32 search's neighbours, bit for bit (issue 29) ----
+from ortsae.orthogonality import certified_search, search_dtype, _update_best, cosine_matrix
+
+
+@torch.no_grad()
+def _reference_search(Wn, tile, absolute):
+    "The fp32 symmetric search as it was before the certified search (column maxima by `C.max(0)`)."
+    best = torch.full((len(Wn),), float("-inf"), dtype=Wn.dtype)
+    arg = torch.zeros(len(Wn), dtype=torch.long)
+    for a in range(0, len(Wn), tile):
+        for b in range(a, len(Wn), tile):
+            C = Wn[a:a + tile] @ Wn[b:b + tile].T
+            if absolute: C = C.abs_()
+            if a == b: C.fill_diagonal_(float("-inf"))
+            _update_best(best, arg, slice(a, a + tile), *C.max(1), b)
+            if a != b: _update_best(best, arg, slice(b, b + tile), *C.max(0), a)
+    return arg
+
+
+def _adversarial(kind, m, d, seed, eps):
+    "Unit rows: random, with duplicated rows, with near-duplicates at distance `eps`, or all near one direction."
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, d, generator=g)
+    if kind == "duplicates": W[m // 2:] = W[:m - m // 2].clone()
+    if kind == "near": W[m // 2:] = W[:m - m // 2].clone() + eps * torch.randn(m - m // 2, d, generator=g)
+    if kind == "cone": W = W[:1] + eps * W                             # every pair nearly tied
+    if kind == "grid": W = torch.randint(-1, 2, (m, d), generator=g).float() + (torch.arange(d) == 0)   # exact ties
+    return torch.nn.functional.normalize(W, dim=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["random", "duplicates", "near", "cone", "grid"]), m=st.integers(2, 400),
+       d=st.integers(2, 96), seed=st.integers(0, 10**6), eps=st.sampled_from([1e-7, 1e-5, 1e-3, 1e-1]),
+       tile=st.integers(2, 300), absolute=st.booleans(), dtype=st.sampled_from([torch.bfloat16, torch.float16]))
+def test_certified_search_is_the_fp32_search(kind, m, d, seed, eps, tile, absolute, dtype):
+    Wn = _adversarial(kind, m, d, seed, eps)
+    assert torch.equal(certified_search(Wn, tile, absolute, dtype), _reference_search(Wn, tile, absolute))
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(4, 120), d=st.integers(2, 16), seed=st.integers(0, 10**6), zero=st.booleans(),
+       absolute=st.booleans(), search=st.sampled_from(["auto", "fp32", "bf16", "fp16"]))
+def test_every_search_gives_the_same_penalty_and_gradient(m, d, seed, zero, absolute, search):
+    "Same neighbours, so the same loss and gradient bit for bit, zero rows (Eq. 3's guard) included."
+    W = torch.randn(m, d, generator=torch.Generator().manual_seed(seed))
+    if zero: W[1] = 0
+    chunks = random_partition(m, max(2, m // 2), torch.Generator().manual_seed(seed))
+    W1, W2 = W.clone().requires_grad_(), W.clone().requires_grad_()
+    a = chunked_penalty(W1, chunks=chunks, tile=16, absolute=absolute, search=search)
+    b = chunked_penalty(W2, chunks=chunks, tile=16, absolute=absolute, search="fp32")
+    a.backward(); b.backward()
+    assert torch.equal(a, b) and torch.equal(W1.grad, W2.grad)
+
+
+def test_guarded_rows_take_the_guarded_search_whatever_is_asked():
+    W = torch.randn(50, 8); W[3] = 1e-6
+    want = cosine_matrix(W, W).fill_diagonal_(float("-inf")).argmax(1)
+    for s in ("auto", "fp32", "bf16", "fp16"): assert torch.equal(nearest_neighbours(W, tile=7, search=s), want)
+
+
+def test_trained_like_decoder_with_many_candidates():
+    "A decoder the penalty has flattened (many neighbours at nearly the same cosine): still the fp32 search's answer."
+    W = torch.nn.Parameter(torch.randn(1500, 24, generator=torch.Generator().manual_seed(0)))
+    opt = torch.optim.Adam([W], lr=0.02)
+    for _ in range(150):
+        opt.zero_grad(); chunked_penalty(W, chunk_size=1500, search="fp32").backward(); opt.step()
+    Wn = torch.nn.functional.normalize(W.detach(), dim=1)
+    stats = {}
+    assert torch.equal(certified_search(Wn, 256, False, torch.bfloat16, stats), _reference_search(Wn, 256, False))
+    assert stats["pairs"] > 3 * stats["rows"]                           # the case the certificate finds hard
+
+
+def test_search_dtype_choices():
+    assert search_dtype("fp32", "cpu", 10**6) is None and search_dtype("bf16", "cpu", 2) is torch.bfloat16
+    assert search_dtype("auto", "cpu", 100) is None                     # too small to pay
+    with pytest.raises(ValueError, match="search='tf32'"): search_dtype("tf32", "cpu", 100)
+    with pytest.raises(ValueError, match="search='x'"): OrtSAE(8, 16, k=2, search="x")
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")                    # fp32 products are not fp32 any more
+        assert search_dtype("auto", "cpu", 10**6) is None
+    finally: torch.set_float32_matmul_precision(old)

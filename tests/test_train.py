@@ -184,3 +184,15 @@ def test_model_dtype_is_fixed_at_the_start_and_checkpointed(shards, tmp_path):
     assert resumed.lm_dtype == "bfloat16"
     from ortsae.metrics import _train_position
     assert _train_position(tmp_path / "r")[2] == "bfloat16"
+
+
+def test_cpu_autocast_trains_to_the_same_place(shards, tmp_path):
+    "bf16 autocast on the CPU (issue 29): a different run (bf16 rounding), but EV, L0 and dead latents within tolerance."
+    a = train(_cfg(shards), tmp_path / "fp32", progress=False)
+    b = train(_cfg(shards, cpu_autocast=True), tmp_path / "bf16", progress=False)
+    sa, sb = (json.loads((tmp_path / r / "summary.json").read_text())["saes"] for r in ("fp32", "bf16"))
+    assert not all(torch.equal(x, y) for x, y in zip(_weights(a).values(), _weights(b).values()))   # it did use bf16
+    for k in sa:
+        assert abs(sa[k]["ev"] - sb[k]["ev"]) < 0.03 and abs(sa[k]["l0"] - sb[k]["l0"]) < 0.1 * 6
+        assert abs(sa[k]["dead"] - sb[k]["dead"]) < 0.05, (k, sa[k], sb[k])
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["cpu_autocast"] is True
