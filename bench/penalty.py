@@ -92,7 +92,7 @@ def search_row(name, W, tile, low, reps):
     t2, a2 = best_of(lambda: certified_search(Wn, tile, False, dt, stats), reps)
     same = torch.equal(a0, a1) and torch.equal(a0, a2)
     print(f"{name:<44} {len(Wn):>6} | {t0:>8.3f} {t1:>8.3f} {t2:>8.3f} | {t0 / t2:>6.2f}x {t1 / t2:>6.2f}x | "
-          f"{stats['candidates']:>6.1f} {100 * (1 - stats['tied'] / stats['rows']):>7.1f}% | {same}", flush=True)
+          f"{stats['pairs'] / stats['rows']:>6.1f} {100 * (1 - stats['tied'] / stats['rows']):>7.1f}% | {same}", flush=True)
 
 
 def step_time(sae, x, opt):

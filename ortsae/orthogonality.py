@@ -11,10 +11,11 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, SAE_CLASSES
 import ortsae.fast   # chapter 02's sparse training step: importing it switches it on
 
 # %% auto #0
-__all__ = ['DELTA', 'LOW_TILE', 'SEARCHES', 'AUTO_RETRY', 'AUTO_MIN_ROWS', 'cosine_matrix', 'neighbour_cost', 'full_penalty',
-           'check_chunk_size', 'random_partition', 'chunked_penalty_autograd', 'fp32_dot_error', 'low_precision_bound',
-           'certified_search', 'search_dtype', 'certificate_pays', 'nearest_neighbours', 'pair_cosines',
-           'chunked_penalty', 'Orthogonal', 'OrtSAE', 'OrtMatryoshkaSAE', 'random_max_cos']
+__all__ = ['DELTA', 'LOW_TILE', 'KEEP_BYTES', 'MAX_PAIRS', 'SEARCHES', 'AUTO_RETRY', 'AUTO_MIN_ROWS', 'cosine_matrix',
+           'neighbour_cost', 'full_penalty', 'check_chunk_size', 'random_partition', 'chunked_penalty_autograd',
+           'fp32_dot_error', 'low_precision_bound', 'certified_search', 'search_dtype', 'certificate_pays',
+           'nearest_neighbours', 'pair_cosines', 'chunked_penalty', 'Orthogonal', 'OrtSAE', 'OrtMatryoshkaSAE',
+           'random_max_cos']
 
 # %% ../nbs/03_orthogonality.ipynb #430076ab
 DELTA = 1e-8  # the guard in Eq. 3 (the paper does not give its value)
@@ -90,20 +91,26 @@ def low_precision_bound(Wn: Tensor, Wl: Tensor) -> tuple[float, float]:
     return beta, u / (1 - u)
 
 # %% ../nbs/03_orthogonality.ipynb #0368c3eb
-LOW_TILE = 512   # rows per tile of the low-precision pass (measured: 512 and 1,024 about equal here, 2,048 slower)
+LOW_TILE = 512          # rows per tile of the low-precision pass (measured: 512 and 1,024 about equal here, 2,048 slower)
+KEEP_BYTES = 2 ** 29    # pass 1 keeps its tiles for pass 2 up to this size (a 16,384-row chunk), else pass 2 recomputes them
 
-@torch.no_grad()
-def _low_tiles(Wl: Tensor, tile: int, absolute: bool) -> tuple[list, Tensor]:
-    "Pass 1: each tile pair (a <= b) of the low-precision Gram matrix with its row and column maxima; each row's maximum."
-    m, tiles = torch.full((len(Wl),), float("-inf"), device=Wl.device), []
+def _tiles(Wl: Tensor, tile: int, absolute: bool):
+    "Each tile pair (a <= b) of the low-precision Gram matrix, with its row and column maxima."
     for a in range(0, len(Wl), tile):
         for b in range(a, len(Wl), tile):
             X = Wl[a:a + tile] @ Wl[b:b + tile].T
             if absolute: X = X.abs_()
             if a == b: X.fill_diagonal_(float("-inf"))                     # not yourself
-            r, c = X.amax(1).float(), X.amax(0).float()
-            m[a:a + tile] = torch.maximum(m[a:a + tile], r); m[b:b + tile] = torch.maximum(m[b:b + tile], c)
-            tiles.append((a, b, X, r, c))
+            yield a, b, X, X.amax(1).float(), X.amax(0).float()
+
+@torch.no_grad()
+def _low_tiles(Wl: Tensor, tile: int, absolute: bool) -> tuple[list | None, Tensor]:
+    "Pass 1: each row's largest low-precision value; the tiles too (None where they would take more than `KEEP_BYTES`)."
+    m, keep = torch.full((len(Wl),), float("-inf"), device=Wl.device), len(Wl) ** 2 * Wl.element_size() / 2 <= KEEP_BYTES
+    tiles = [] if keep else None
+    for a, b, X, r, c in _tiles(Wl, tile, absolute):
+        m[a:a + len(r)] = torch.maximum(m[a:a + len(r)], r); m[b:b + len(c)] = torch.maximum(m[b:b + len(c)], c)
+        if keep: tiles.append((a, b, X, r, c))
     return tiles, m
 
 # %% ../nbs/03_orthogonality.ipynb #9973a468
@@ -118,12 +125,15 @@ def _tile_pairs(X: Tensor, ta: Tensor, tb: Tensor, r: Tensor, c: Tensor, diag: b
     i, j = M.nonzero(as_tuple=True); x = X[i, j]; f, g = x >= ta[i], (x >= tb[j]) & (not diag)
     return i[f], j[f], j[g], i[g]
 
-def _candidates(tiles: list, t: Tensor) -> tuple[Tensor, Tensor]:
-    "Pass 2: every pair (i, j), sorted, whose low-precision value reaches row i's threshold `t[i]` (in the tiles' dtype)."
-    I, J = [], []
+MAX_PAIRS = 64   # candidates per row (on average) beyond which the certified search gives up and searches in fp32
+
+def _candidates(tiles, t: Tensor) -> tuple[Tensor, Tensor] | None:
+    "Pass 2: every pair (i, j), sorted, whose low-precision value reaches row i's threshold `t[i]` (None: too many)."
+    I, J, total = [], [], 0
     for a, b, X, r, c in tiles:
         i, j, i2, j2 = _tile_pairs(X, t[a:a + len(r)], t[b:b + len(c)], r, c, a == b)
-        I += [i + a, i2 + b]; J += [j + b, j2 + a]
+        I += [i + a, i2 + b]; J += [j + b, j2 + a]; total += len(i) + len(i2)
+        if total > MAX_PAIRS * len(t): return None                      # a degenerate decoder: not worth it
     I, J = torch.cat(I), torch.cat(J); order = torch.argsort(I * len(t) + J)
     return I[order], J[order]
 
@@ -151,19 +161,23 @@ def _in_reach(I: Tensor, v: Tensor, e: Tensor, n: int) -> tuple[Tensor, Tensor]:
 # %% ../nbs/03_orthogonality.ipynb #6e3dc03f
 _SAME_BITS: dict = {}
 
-def _gathered_is_exact(Wn: Tensor, p: int, q: int) -> bool:
-    "Does a (p x q) product of gathered rows give a tile product's entries bit for bit? Checked once per shape."
+def _gather_safe(Wn: Tensor, tile: int, p: int, q: int) -> bool:
+    "May (p x q) products of gathered rows, each row and column at its own place in its tile, stand in for the tiles?"
+    if min(p, q) < 64 or (Wn.stride(0) * Wn.element_size()) % 64 or Wn.data_ptr() % 64: return False   # small or unaligned
     key = (Wn.device.type, Wn.dtype, p, q, Wn.shape[1], torch.get_num_threads())
-    if key not in _SAME_BITS:
-        g = torch.Generator().manual_seed(0); A, B = Wn[:p], Wn[len(Wn) - q:]
-        i, j = torch.randperm(p, generator=g).to(Wn.device), torch.randperm(q, generator=g).to(Wn.device)
-        _SAME_BITS[key] = torch.equal(A[i] @ B[j].T, (A @ B.T)[i][:, j])
+    if key not in _SAME_BITS:                                           # no row or column may change another's result
+        g, A, B = torch.Generator().manual_seed(0), Wn[:p], Wn[len(Wn) - q:]
+        want, ok = A @ B.T, True
+        for _ in range(3):
+            i, j = torch.randperm(len(Wn), generator=g)[:p].to(Wn.device), torch.randperm(len(Wn), generator=g)[:q].to(Wn.device)
+            keep_r, keep_c = torch.rand(p, generator=g).to(Wn.device) < 0.5, torch.rand(q, generator=g).to(Wn.device) < 0.5
+            A2, B2 = torch.where(keep_r[:, None], A, Wn[i]), torch.where(keep_c[:, None], B, Wn[j])
+            ok &= torch.equal((A2 @ B2.T)[keep_r][:, keep_c], want[keep_r][:, keep_c])
+        _SAME_BITS[key] = bool(ok)
     return _SAME_BITS[key]
 
-def _pad(idx: Tensor, n: int) -> Tensor: return torch.cat([idx, idx[:1].expand(n - len(idx))])
-
 def _tile_values(Wn: Tensor, tile: int, P: Tensor, Q: Tensor) -> Tensor:
-    "Entries (P, Q) of the fp32 search's tile products, by computing those tiles."
+    "Entries (P, Q) of the fp32 search's tile products, by computing those tiles (exact by construction)."
     f = torch.empty(len(P), dtype=Wn.dtype, device=Wn.device); ta, tb = P // tile, Q // tile
     for a, b in torch.unique(torch.stack([ta, tb], 1), dim=0).tolist():
         s = ((ta == a) & (tb == b)).nonzero().squeeze(1)
@@ -171,14 +185,26 @@ def _tile_values(Wn: Tensor, tile: int, P: Tensor, Q: Tensor) -> Tensor:
     return f
 
 # %% ../nbs/03_orthogonality.ipynb #c389c283
-def _gathered_values(Wn: Tensor, p: int, q: int, P: Tensor, Q: Tensor) -> Tensor:
-    "The same entries from (p x q) products of gathered rows: blocks of p distinct rows, each with its own columns."
-    f = torch.empty(len(P), dtype=Wn.dtype, device=Wn.device); up, ip = torch.unique(P, return_inverse=True)
-    for r0 in range(0, len(up), p):
-        part = ((ip >= r0) & (ip < r0 + p)).nonzero().squeeze(1); uq, iq = torch.unique(Q[part], return_inverse=True)
-        for c0 in range(0, len(uq), q):
-            s = ((iq >= c0) & (iq < c0 + q)).nonzero().squeeze(1)
-            f[part[s]] = (Wn[_pad(up[r0:r0 + p], p)] @ Wn[_pad(uq[c0:c0 + q], q)].T)[ip[part[s]] - r0, iq[s] - c0]
+def _slots(P: list, Q: list, tile: int) -> tuple[list, list]:
+    "Greedily share out pairs among products so that each keeps row P at place P % tile and column Q at place Q % tile."
+    prods, which = [], []
+    for i, j in zip(P, Q):
+        for k, (R, C) in enumerate(prods):
+            if R.get(i % tile, i) == i and C.get(j % tile, j) == j: break
+        else: k = len(prods); prods.append(({}, {}))
+        prods[k][0][i % tile] = i; prods[k][1][j % tile] = j; which.append(k)
+    return prods, which
+
+def _gathered_values(Wn: Tensor, tile: int, p: int, q: int, P: Tensor, Q: Tensor) -> Tensor | None:
+    "The same entries from (p x q) products of gathered rows, each in its own place (None: more products than tiles)."
+    prods, which = _slots(P.tolist(), Q.tolist(), tile)
+    if len(prods) >= len(torch.unique(torch.stack([P // tile, Q // tile], 1), dim=0)): return None
+    f, which = torch.empty(len(P), dtype=Wn.dtype, device=Wn.device), torch.tensor(which, device=Wn.device)
+    for k, (R, C) in enumerate(prods):
+        rows, cols = torch.arange(p, device=Wn.device), torch.arange(len(Wn) - q, len(Wn), device=Wn.device)   # fillers
+        rows[list(R)] = torch.tensor(list(R.values()), device=Wn.device); cols[list(C)] = torch.tensor(list(C.values()), device=Wn.device)
+        s = (which == k).nonzero().squeeze(1)
+        f[s] = (Wn[rows] @ Wn[cols].T)[P[s] % tile, Q[s] % tile]
     return f
 
 def _fp32_values(Wn: Tensor, tile: int, P: Tensor, Q: Tensor) -> Tensor:
@@ -187,7 +213,8 @@ def _fp32_values(Wn: Tensor, tile: int, P: Tensor, Q: Tensor) -> Tensor:
     p_len, q_len = (n - P // tile * tile).clamp(max=tile), (n - Q // tile * tile).clamp(max=tile)   # its tiles' shapes
     for p, q in torch.unique(torch.stack([p_len, q_len], 1), dim=0).tolist():
         s = ((p_len == p) & (q_len == q)).nonzero().squeeze(1)
-        f[s] = _gathered_values(Wn, p, q, P[s], Q[s]) if _gathered_is_exact(Wn, p, q) else _tile_values(Wn, tile, P[s], Q[s])
+        v = _gathered_values(Wn, tile, p, q, P[s], Q[s]) if _gather_safe(Wn, tile, p, q) else None
+        f[s] = v if v is not None else _tile_values(Wn, tile, P[s], Q[s])
     return f
 
 # %% ../nbs/03_orthogonality.ipynb #1c14ce82
@@ -210,16 +237,35 @@ def _fp32_sums():
     try: yield
     finally: mm.allow_fp16_reduced_precision_reduction, mm.allow_bf16_reduced_precision_reduction = old
 
+def _fp32_is_fp32(device_type: str) -> bool:
+    "Are fp32 matrix products computed in fp32 here (no TF32 or bf16 shortcuts)? The certificate rests on it."
+    try:
+        if torch.get_float32_matmul_precision() != "highest": return False
+    except RuntimeError: pass                                           # torch's newer per-backend settings are in use
+    try:
+        mm = torch.backends.cuda.matmul if device_type == "cuda" else torch.backends.mkldnn.matmul
+        if device_type == "cuda" and mm.allow_tf32: return False
+        return getattr(mm, "fp32_precision", "none") in ("none", "ieee")
+    except (RuntimeError, AttributeError): return False
+
 # %% ../nbs/03_orthogonality.ipynb #2cab96a7
 @torch.no_grad()
 def certified_search(Wn: Tensor, tile: int = 1024, absolute: bool = False, dtype=torch.bfloat16, stats: dict | None = None) -> Tensor:
     "`_symmetric_search(Wn, tile, absolute)`'s neighbours, bit for bit, from a `dtype` Gram matrix and a certificate."
+    if not _fp32_is_fp32(Wn.device.type): return _symmetric_search(Wn, tile, absolute)   # the fp32 search is not fp32 here
+    with torch.autocast(Wn.device.type, enabled=False), _fp32_sums(): return _certified(Wn, tile, absolute, dtype, stats)
+
+def _certified(Wn, tile, absolute, dtype, stats):
     n, Wl = len(Wn), Wn.to(dtype); beta, u = low_precision_bound(Wn, Wl)
     e = fp32_dot_error(Wn.shape[1]) * Wn.norm(dim=1).max().item() ** 2   # the fp32 search's largest error
-    with _fp32_sums(): tiles, m = _low_tiles(Wl, LOW_TILE, absolute)
+    tiles, m = _low_tiles(Wl, LOW_TILE, absolute)
     low = m - beta - u * m.abs() - 2 * e - beta                        # x + u|x| >= low: solve for x
     t = torch.where(low >= 0, low / (1 + u), low / (1 - u))
-    I, J = _candidates(tiles, (t - 2 * u * t.abs() - 1e-6).to(dtype)); del tiles   # rounded down: a superset
+    pairs = _candidates(tiles if tiles is not None else _tiles(Wl, LOW_TILE, absolute), (t - 2 * u * t.abs() - 1e-6).to(dtype))
+    if pairs is None:                                                   # rounded down: a superset; too many: fp32
+        if stats is not None: stats.update({k: stats.get(k, 0) + v for k, v in dict(rows=n, pairs=MAX_PAIRS * n, tied=n).items()})
+        return _symmetric_search(Wn, tile, absolute)
+    I, J = pairs; del tiles
     r = _rescore(Wn, I, J); keep, count = _in_reach(I, r.abs() if absolute else r, torch.full_like(r, 2 * e), n)
     arg = torch.zeros(n, dtype=torch.long, device=Wn.device); one = keep & (count[I] == 1); arg[I[one]] = J[one]
     I, J = I[keep & (count[I] > 1)], J[keep & (count[I] > 1)]
@@ -237,9 +283,10 @@ AUTO_MIN_ROWS = 4096   # smaller chunks: the low-precision pass saves less than 
 def search_dtype(search: str, device, rows: int) -> torch.dtype | None:
     "The low-precision dtype of the neighbour search (None: fp32): `search` forces one; 'auto' picks where it pays."
     if search not in SEARCHES: raise ValueError(f"search={search!r}: use one of {SEARCHES} (all give the same neighbours).")
-    if search != "auto": return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[search]
     device = torch.device(device)
-    if rows < AUTO_MIN_ROWS or torch.get_float32_matmul_precision() != "highest": return None   # fp32 products not pure fp32
+    if search == "fp32" or not _fp32_is_fp32(device.type): return None  # no certificate for an fp32 search that is not fp32
+    if search != "auto": return {"bf16": torch.bfloat16, "fp16": torch.float16}[search]
+    if rows < AUTO_MIN_ROWS: return None
     if device.type == "cuda":                                           # tensor cores; fp16's bound is 8x tighter than bf16's
         return torch.float16 if torch.cuda.get_device_capability(device)[0] >= 7 else None
     cpu = getattr(torch, "cpu", None)                                   # AMX or AVX512-BF16: bf16 products are fast

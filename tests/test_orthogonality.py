@@ -240,3 +240,42 @@ def test_search_dtype_choices():
         torch.set_float32_matmul_precision("medium")                    # fp32 products are not fp32 any more
         assert search_dtype("auto", "cpu", 10**6) is None
     finally: torch.set_float32_matmul_precision(old)
+
+
+def test_small_gathered_products_are_not_trusted():
+    "A review's counterexample: a 3x1 product's entry depends on where the row sits (MKL); the tiles decide instead."
+    g = torch.Generator().manual_seed(127); W = torch.randn(19, 96, generator=g)
+    K, P = (int(torch.randint(0, 18, (1,), generator=g)) for _ in range(2))
+    W[18] = W[K]; W[P] = W[K] + 1e-2 * torch.randn(96, generator=g)
+    Wn = torch.nn.functional.normalize(W, dim=1)
+    for dt in (torch.bfloat16, torch.float16): assert torch.equal(certified_search(Wn, 3, False, dt), _reference_search(Wn, 3, False))
+
+
+def test_fp32_that_is_not_fp32_gets_no_certificate():
+    "With fp32 products in bf16 (CPU 'medium'), the search the certificate must match is not fp32: it steps aside."
+    Wn = torch.nn.functional.normalize(torch.randn(600, 96, generator=torch.Generator().manual_seed(0)), dim=1)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        for dt in (torch.bfloat16, torch.float16):
+            assert torch.equal(certified_search(Wn, 128, False, dt), _reference_search(Wn, 128, False))
+            assert torch.equal(nearest_neighbours(Wn, 128, search="bf16"), _reference_search(Wn, 128, False))
+    finally: torch.set_float32_matmul_precision(old)
+
+
+def test_newer_precision_settings_do_not_break_auto():
+    "torch's per-backend fp32_precision settings make get_float32_matmul_precision() raise; 'auto' must still run."
+    code = ("import torch; from ortsae.orthogonality import chunked_penalty; torch.backends.cuda.matmul.fp32_precision = 'tf32'; "
+            "W = torch.randn(4096, 16); a = chunked_penalty(W, chunk_size=4096); b = chunked_penalty(W, chunk_size=4096, search='fp32'); "
+            "assert torch.equal(a, b); print('ok')")
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-500:]
+
+
+def test_degenerate_decoder_gives_up_cheaply():
+    "Every pair nearly tied: too many candidates, so the certified search hands over to fp32 (same answer, bounded memory)."
+    W = torch.randn(1, 24) + 1e-3 * torch.randn(3000, 24, generator=torch.Generator().manual_seed(0))
+    Wn = torch.nn.functional.normalize(W, dim=1); stats = {}
+    assert torch.equal(certified_search(Wn, 512, False, torch.bfloat16, stats), _reference_search(Wn, 512, False))
+    assert stats["tied"] == 3000
