@@ -8,7 +8,7 @@ import argparse, dataclasses, json, os, sys, time, typing
 from pathlib import Path
 import torch
 from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, norm_scaling_factor, write_shards
-from .train import TrainConfig, PRESETS, make_config, train
+from .train import TrainConfig, PRESETS, CHECKS, Check, make_config, train, check_device
 from .metrics import evaluate_run, table1
 from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table
 from .features import run_features, latent_card, card_text, cards_html, decompose, decomposition_summary
@@ -18,7 +18,7 @@ from .reproduce import (CONFIGS, reproduce, run_plan, timing_run, unique_feature
                                table1_seeds)
 
 # %% auto #0
-__all__ = ['COMMANDS', 'capture_cmd', 'field_help', 'train_cmd', 'main']
+__all__ = ['COMMANDS', 'USER_ERRORS', 'capture_cmd', 'field_help', 'train_cmd', 'main']
 
 # %% ../nbs/90_cli.ipynb #8a739774
 def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_post", source: str = "shakespeare",
@@ -38,6 +38,27 @@ def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_pos
             "tokens_per_s": round(len(acts) / secs), "mean_norm": round(acts.norm(dim=-1).mean().item(), 3),
             "scaling_factor": round(norm_scaling_factor(acts), 5), "out": out}
 
+# %% ../nbs/90_cli.ipynb #1e3422dc
+def _value(s: str):
+    try: return json.loads(s)
+    except json.JSONDecodeError: return s
+
+def _checked(name: str, check: Check | None = None):
+    "An argparse type: the value (JSON, else text) checked against `CHECKS[name]` while parsing, the valid range in the message."
+    check = check or CHECKS[name]
+    def parse(s: str):
+        try: return check(name, _value(s))
+        except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+def _rng(name: str) -> str: return CHECKS[name].describe() if name in CHECKS else ""
+
+def _device_arg(s: str) -> str:
+    "An argparse type: a device this machine has (`check_device`), refused while parsing."
+    try: return check_device(s, "device")
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # %% ../nbs/90_cli.ipynb #162a5322
 def _add_capture(sub):
     c = sub.add_parser("capture", help="capture activations from a language model and summarise them",
@@ -45,17 +66,13 @@ def _add_capture(sub):
     c.add_argument("--model", default=OFFLINE_MODEL, help="model short name or hub id (the default works offline)")
     c.add_argument("--hook", default="blocks.6.hook_resid_post", help="transformer-lens hook name")
     c.add_argument("--source", default="shakespeare", help="corpus: shakespeare, openwebtext, a hub id or text files")
-    c.add_argument("--tokens", type=int, default=20_000, help="activations to capture")
-    c.add_argument("--ctx-len", type=int, default=128, help="tokens per context")
-    c.add_argument("--batch", type=int, default=8, help="contexts per forward pass")
+    c.add_argument("--tokens", type=_checked("tokens"), default=20_000, help=f"activations to capture ({_rng('tokens')})")
+    c.add_argument("--ctx-len", type=_checked("ctx_len"), default=128, help=f"tokens per context ({_rng('ctx_len')})")
+    c.add_argument("--batch", type=_checked("batch"), default=8, help=f"contexts per forward pass ({_rng('batch')})")
     c.add_argument("--out", default=None, help="folder to write activation shards to")
-    c.add_argument("--shard-rows", type=int, default=65536, help="activations per shard file (evaluation reads the shards training did not)")
+    c.add_argument("--shard-rows", type=_checked("shard_rows"), default=65536, help="activations per shard file (evaluation reads the shards training did not)")
 
 # %% ../nbs/90_cli.ipynb #f82b7ca9
-def _value(s: str):
-    try: return json.loads(s)
-    except json.JSONDecodeError: return s
-
 def field_help() -> dict[str, str]:
     "Each `TrainConfig` field's comment in its source: the `--help` text of its flag."
     import inspect, re
@@ -74,12 +91,13 @@ def _add_train(sub):
     t.add_argument("--run-dir", default=None, help="run folder (default: runs/<preset>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="delete what --run-dir holds and start again")
-    t.add_argument("--stop-at", type=int, default=None, help="stop when the run reaches this step (a checkpoint is kept; --resume goes on)")
+    t.add_argument("--stop-at", type=_checked("stop_at"), default=None, help="stop when the run reaches this step (a checkpoint is kept; --resume goes on)")
     helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         list_field = "list" in str(f.type)
-        t.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, type=_value, nargs="+" if list_field else None,
-                       default=None, help=f"{helps.get(f.name, 'config field')} ({f.type}; default {_default(f)})")
+        kind = _checked(f.name) if f.name in CHECKS else (_device_arg if f.name == "device" else _value)
+        t.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, type=kind, nargs="+" if list_field else None,
+                       default=None, help=f"{helps.get(f.name, 'config field')} ({_rng(f.name) or f.type}; default {_default(f)})")
 
 # %% ../nbs/90_cli.ipynb #598d1b63
 def train_cmd(args) -> dict:
@@ -111,13 +129,8 @@ def _print_summary(s: dict, run_dir: str):
 
 # %% ../nbs/90_cli.ipynb #db41ad85
 def _at_least(lo: int):
-    "An argparse type: an integer >= `lo`, refused while parsing with the valid range."
-    def parse(s: str) -> int:
-        try: v = int(s)
-        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not an integer (use one >= {lo})") from None
-        if v < lo: raise argparse.ArgumentTypeError(f"{v} is too small: use an integer >= {lo}")
-        return v
-    return parse
+    "An argparse type: an integer >= `lo`, refused while parsing with the valid range (a `Check`, like `CHECKS`'s)."
+    return _checked("", Check(int, lo))
 
 # %% ../nbs/90_cli.ipynb #cfb8e846
 def _add_downstream_flags(e):
@@ -133,20 +146,20 @@ def _add_eval(sub):
     e = sub.add_parser("eval", help="evaluate every SAE of a run folder (metrics.json, metrics.png, a table)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("run_dir", help="a run folder written by `ortsae train`")
-    e.add_argument("--tokens", type=int, default=50_000, help="held-out activations for the core metrics")
-    e.add_argument("--ce-batches", type=int, default=4, help="batches of contexts for the CE/KL scores")
-    e.add_argument("--composition-steps", type=int, default=1500, help="meta-SAE training steps")
-    e.add_argument("--absorption-words", type=int, default=10_000, help="words for first-letter absorption (0: skip)")
-    e.add_argument("--min-probe-f1", type=float, default=0.6, help="letters count when their probe's test F1 exceeds this")
-    e.add_argument("--min-letters", type=int, default=20, help="fewest letters that must pass for absorption")
-    e.add_argument("--device", default="auto", help="where to evaluate (auto: cuda when available, else cpu)")
+    e.add_argument("--tokens", type=_checked("tokens"), default=50_000, help=f"held-out activations for the core metrics ({_rng('tokens')})")
+    e.add_argument("--ce-batches", type=_checked("ce_batches"), default=4, help=f"batches of contexts for the CE/KL scores ({_rng('ce_batches')})")
+    e.add_argument("--composition-steps", type=_checked("composition_steps"), default=1500, help=f"meta-SAE training steps ({_rng('composition_steps')})")
+    e.add_argument("--absorption-words", type=_checked("absorption_words"), default=10_000, help=f"words for first-letter absorption ({_rng('absorption_words')}; 0: skip)")
+    e.add_argument("--min-probe-f1", type=_checked("min_probe_f1"), default=0.6, help="letters count when their probe's test F1 exceeds this")
+    e.add_argument("--min-letters", type=_checked("min_letters"), default=20, help="fewest letters that must pass for absorption")
+    e.add_argument("--device", type=_device_arg, default="auto", help="where to evaluate (auto: cuda when available, else cpu)")
     e.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep each SAE's trained inference threshold instead of calibrating it to L0 = k on held-out tokens")
     e.add_argument("--absorption-recipes", nargs="+", default=["ortsae"], choices=["ortsae", "saebench"],
                    help="first-letter absorption by ortsae's converged probes and/or SAEBench's recipe (the paper's quantity; chapter 07)")
     e.add_argument("--composition-heldout", action="store_true",
                    help="fit the composition meta-SAE on half the decoder rows and score the other half (chapter 06; chapter 14 does)")
-    e.add_argument("--resample-seed", type=_at_least(0), default=None,
+    e.add_argument("--resample-seed", type=_checked("resample_seed"), default=None,
                    help="draw a bootstrap resample of the test words, SAEBench's probe and the meta-SAE from this seed (chapter 14: the run's seed)")
 
     _add_downstream_flags(e)
@@ -155,12 +168,12 @@ def _add_eval(sub):
 def _add_doctor(sub):
     d = sub.add_parser("doctor", help="check the whole GPU path (or CPU) end to end and measure throughput and memory",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d.add_argument("--device", default="auto", help="device to check (auto: cuda when available, else cpu)")
-    d.add_argument("--steps", type=int, default=200, help="training steps of the train/stop/resume check")
-    d.add_argument("--size", type=int, nargs=2, action="append", metavar=("D", "M"), default=None,
+    d.add_argument("--device", type=_device_arg, default="auto", help="device to check (auto: cuda when available, else cpu)")
+    d.add_argument("--steps", type=_checked("steps"), default=200, help="training steps of the train/stop/resume check")
+    d.add_argument("--size", type=_at_least(1), nargs=2, action="append", metavar=("D", "M"), default=None,
                    help="activation width and dictionary size for the throughput check (repeatable; "
                         "default: 2304 16384 and 2304 65536 on a GPU, 256 4096 on CPU)")
-    d.add_argument("--batch", type=int, default=None, help="batch for the throughput check (default: 4096 on a GPU, 1024 on CPU)")
+    d.add_argument("--batch", type=_checked("batch"), default=None, help="batch for the throughput check (default: 4096 on a GPU, 1024 on CPU)")
     d.add_argument("--out", default=None, help="JSON file to save the report to")
 
 # %% ../nbs/90_cli.ipynb #673ed349
@@ -170,7 +183,7 @@ def _add_reproduce(sub):
     r.add_argument("config", choices=sorted(CONFIGS), help="cpu: offline, 2,048 latents, about 1.5 hours on 2 cores; cpu-wide: 8,192 latents, about 2 hours; gpu: a few GPU hours; paper; smoke: a minute")
     r.add_argument("--root", default=None, help="folder of the runs (default: runs/repro-<config>)")
     r.add_argument("--only", nargs="+", default=None, help="train and evaluate only these runs (e.g. k32-seed0): split the runs across processes")
-    r.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
+    r.add_argument("--device", type=_device_arg, default="auto", help="where to run (auto: cuda when available, else cpu)")
 
 # %% ../nbs/90_cli.ipynb #b1076a51
 def _add_features(sub):
@@ -178,12 +191,12 @@ def _add_features(sub):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     f.add_argument("run_dir", help="a run folder written by `ortsae train`")
     f.add_argument("--sae", default="batchtopk", help="the SAE of the run whose latents get cards")
-    f.add_argument("--latents", type=int, nargs="+", default=None, help="latent indices (default: the 5 that fire most often)")
+    f.add_argument("--latents", type=_checked("latents"), nargs="+", default=None, help="latent indices (default: the 5 that fire most often)")
     f.add_argument("--other", default=None, help="another SAE of the run, for each card's nearest latents in it")
-    f.add_argument("--tokens", type=int, default=50_000, help="held-out tokens the feature pass reads")
+    f.add_argument("--tokens", type=_checked("tokens"), default=50_000, help="held-out tokens the feature pass reads")
     f.add_argument("--decompose", default=None, metavar="ATOMS",
                    help="also decompose --sae's decoder into this SAE's (e.g. ortsae) and back, and print the fractions")
-    f.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
+    f.add_argument("--device", type=_device_arg, default="auto", help="where to run (auto: cuda when available, else cpu)")
 
 # %% ../nbs/90_cli.ipynb #a4eeb68a
 def _add_synth(sub):
@@ -199,13 +212,14 @@ def _add_synth(sub):
     s.add_argument("--evals", type=_at_least(1), default=6, help="evaluations along the way (the curves)")
     s.add_argument("--eval-samples", type=_at_least(64), default=32768, help="held-out samples every SAE is scored on")
     s.add_argument("--world-seed", type=_at_least(0), default=0, help="seed of the world (dictionary, correlations, magnitudes)")
-    s.add_argument("--device", default="auto", help="where to run (auto: cuda when available, else cpu)")
+    s.add_argument("--device", type=_device_arg, default="auto", help="where to run (auto: cuda when available, else cpu)")
     s.add_argument("--out", default=None, help="run folder (default runs/synth-WORLD): history.json, report.md, curves.png, "
                    "checkpoint.pt; a stopped run continues from its last evaluation")
 
 # %% ../nbs/90_cli.ipynb #84eca1d6
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ortsae", description="Orthogonal sparse autoencoders: capture, train, evaluate.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: ORTSAE_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
     for add in (_add_capture, _add_train, _add_eval, _add_doctor, _add_reproduce, _add_features, _add_synth): add(sub)
     return p
@@ -299,14 +313,20 @@ def _synth(args):
 # %% ../nbs/90_cli.ipynb #20969467
 COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor, "reproduce": _reproduce, "features": _features,
             "synth": _synth}
+USER_ERRORS = (ValueError, OSError, RuntimeError, IndexError)   # bad values, files, devices; a bug's TypeError, KeyError... show theirs
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `ortsae` console script."
-    args = _parser().parse_args(argv)
+    "Entry point of the `ortsae` console script: a user's error in one line and exit code 2 (`--debug`: the traceback)."
+    try: args = _parser().parse_args(argv)
+    except SystemExit as e: return e.code or 0                       # --help (0), or a bad flag (2): argparse has said why
     try: COMMANDS[args.cmd](args)
-    except (ValueError, FileNotFoundError, RuntimeError, IndexError) as e:
-        print(f"ortsae {args.cmd}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug or os.environ.get("ORTSAE_DEBUG") == "1": raise
+        print(f"ortsae {args.cmd}: error: {e}" if str(e) else f"ortsae {args.cmd}: error: {type(e).__name__}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ortsae {args.cmd}: interrupted (a training run resumes from its last checkpoint with --resume)", file=sys.stderr)
+        return 130
     return 0
 
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # `python -m ortsae.cli` (not in a notebook)

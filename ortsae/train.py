@@ -15,10 +15,11 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size, SEARCHES
 
 # %% auto #0
-__all__ = ['PRESETS', 'POSITIVE', 'SAE_KINDS', 'STEP_BYTES', 'RUN_FILES', 'DataConfig', 'SAEConfig', 'OptimConfig', 'TrainConfig',
-           'check_values', 'make_config', 'parse_kind', 'build_sae', 'memory_needed', 'uses_autocast', 'check_memory',
-           'lr_factor', 'shard_passes', 'model_dtype', 'activation_source', 'atomic_save', 'snapshot', 'load_snapshots',
-           'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run', 'finish', 'train']
+__all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_FILES', 'DataConfig', 'SAEConfig', 'OptimConfig', 'TrainConfig',
+           'Check', 'check_values', 'check_device', 'make_config', 'parse_kind', 'build_sae', 'memory_needed',
+           'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes', 'model_dtype', 'activation_source',
+           'atomic_save', 'snapshot', 'load_snapshots', 'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run',
+           'finish', 'train']
 
 # %% ../nbs/04_training.ipynb #a587c512
 @dataclass
@@ -102,22 +103,70 @@ def _type_ok(v, tp) -> bool:
     if tp is int: return isinstance(v, int) and not isinstance(v, bool)
     return isinstance(v, tp)
 
-# %% ../nbs/04_training.ipynb #c2c124b3
-POSITIVE = ["ctx_len", "model_batch", "buffer_size", "total_tokens", "d_sae", "k", "batch_size", "chunk_size", "every",
-            "log_every", "checkpoint_every", "n_scale", "lr"]
+# %% ../nbs/04_training.ipynb #6578a8d4
+@dataclass(frozen=True)
+class Check:
+    "What a value may be: an integer (`kind=int`) or a finite number in [lo, hi] (ends open if asked), or one of `choices`."
+    kind: type = int; lo: float | None = None; hi: float | None = None
+    lo_open: bool = False; hi_open: bool = False; choices: tuple = (); none: bool = False   # none: None allowed too
+
+    def describe(self) -> str:
+        "The valid values, in words (for messages and `--help`)."
+        if self.choices: return "one of " + ", ".join(map(str, self.choices))
+        ends = [f"{'>' if self.lo_open else '>='} {self.lo:g}" if self.lo is not None else "",
+                f"{'<' if self.hi_open else '<='} {self.hi:g}" if self.hi is not None else ""]
+        return ("an integer" if self.kind is int else "a finite number") + " " + " and ".join(e for e in ends if e) + (" (or null)" if self.none else "")
+
+    def ok(self, v) -> bool:
+        if v is None or self.choices: return (v is None and self.none) or (v is not None and v in self.choices)
+        if isinstance(v, bool) or not isinstance(v, int if self.kind is int else (int, float)) or not math.isfinite(v): return False
+        return ((self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)) and
+                (self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)))
+
+    def __call__(self, name: str, v):
+        "`v` if valid, else a ValueError naming `name`, the value and what it may be."
+        if not self.ok(v): raise ValueError(f"{name + '=' if name else ''}{v!r}: use {self.describe()}.")
+        return v
+
+# %% ../nbs/04_training.ipynb #e478f349
+CHECKS: dict[str, Check] = {
+    # TrainConfig fields
+    "ctx_len": Check(int, 1), "model_batch": Check(int, 1), "buffer_size": Check(int, 1), "total_tokens": Check(int, 1),
+    "train_shards": Check(int, 0), "d_sae": Check(int, 2), "k": Check(int, 1), "k_aux": Check(int, 0),
+    "aux_coef": Check(float, 0), "dead_after": Check(int, 1), "gamma": Check(float, 0), "chunk_size": Check(int, 2),
+    "every": Check(int, 1), "margin": Check(float, 0, 1, hi_open=True, none=True), "lr": Check(float, 0, lo_open=True),
+    "batch_size": Check(int, 1), "weight_decay": Check(float, 0), "warmup_steps": Check(int, 0), "decay_frac": Check(float, 0, 1),
+    "seed": Check(int, 0), "log_every": Check(int, 1), "checkpoint_every": Check(int, 1), "snapshot_every": Check(int, 0),
+    "n_scale": Check(int, 1), "model_dtype": Check(choices=("auto", "float32", "bfloat16", "float16")),
+    "init": Check(choices=("independent", "shared")), "search": Check(choices=SEARCHES), "betas": Check(float, 0, 1, hi_open=True),
+    "group_sizes": Check(int, 1, none=True),
+    # arguments of the commands and the functions they call (capture, eval, doctor, features)
+    "tokens": Check(int, 1), "shard_rows": Check(int, 1), "ce_batches": Check(int, 1), "composition_steps": Check(int, 1),
+    "absorption_words": Check(int, 0), "min_probe_f1": Check(float, 0, 1), "min_letters": Check(int, 1), "steps": Check(int, 1),
+    "batch": Check(int, 1), "resample_seed": Check(int, 0, none=True), "latents": Check(int, 0), "stop_at": Check(int, 1, none=True),
+}
 
 def check_values(cfg: TrainConfig):
-    "Refuse values that can't train: sizes, counts and the learning rate must be positive; one batch at least."
-    bad = {k: getattr(cfg, k) for k in POSITIVE if not getattr(cfg, k) > 0}
-    if bad: raise ValueError(f"Config field(s) {bad} must be > 0.")
-    if cfg.model_dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ValueError(f"model_dtype={cfg.model_dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'.")
-    if cfg.init not in ("independent", "shared"): raise ValueError(f"init={cfg.init!r}: use 'independent' or 'shared'.")
-    if cfg.search not in SEARCHES: raise ValueError(f"search={cfg.search!r}: use one of {SEARCHES} (the same neighbours).")
+    "Refuse values that can't train: each field against `CHECKS`; one batch at least; a cached source for `train_shards`."
+    for name, v in asdict(cfg).items():
+        if name not in CHECKS: continue
+        for x in (v if isinstance(v, list) else [v]): CHECKS[name](name, x)
     if cfg.train_shards and not cfg.source.startswith("shards:"):
         raise ValueError(f"train_shards={cfg.train_shards} needs a cached source ('shards:PATH'), not {cfg.source!r}.")
     if cfg.total_tokens < cfg.batch_size:
         raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch (batch_size={cfg.batch_size}).")
+
+# %% ../nbs/04_training.ipynb #cd9fde6e
+def check_device(name: str, what: str = "device") -> str:
+    "`name` if this machine has that device ('auto' always), else a ValueError saying what it has."
+    if name == "auto": return name
+    try: dev = torch.device(name)
+    except (RuntimeError, TypeError): raise ValueError(f"{what}={name!r} is not a device: use auto, cpu or cuda[:N].") from None
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == "cuda" and (dev.index or 0) >= n:
+        raise ValueError(f"{what}={name!r}: this machine has {n} CUDA device(s); use {'auto or cpu' if not n else f'cuda:0 to cuda:{n - 1}'}.")
+    if dev.type not in ("cpu", "cuda"): raise ValueError(f"{what}={name!r}: ortsae runs on cpu or cuda devices.")
+    return name
 
 # %% ../nbs/04_training.ipynb #413b70bd
 @classmethod
@@ -537,6 +586,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
           stop_at: int | None = None, progress: bool = True, run_cls: type | None = None) -> Run:
     "Train every SAE in `cfg.saes` on one activation stream; write logs, checkpoints and the final SAEs to `run_dir`."
     from tqdm.auto import tqdm
+    check_values(cfg); check_device(cfg.device)                        # a config built in Python is checked too
     run_dir = Path(run_dir); run = _start(cfg, run_dir, resume, overwrite, run_cls)
     wb, end = _wandb(cfg, run_dir) if run.is_main else None, run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (progress and run.is_main), dynamic_ncols=True)

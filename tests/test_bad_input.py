@@ -6,10 +6,14 @@ from ortsae.cli import main
 from ortsae.sae import BatchTopKSAE, load_sae
 
 
-@pytest.mark.parametrize("flag, value, says", [("--batch-size", "0", "must be > 0"), ("--total-tokens", "-5", "must be > 0"),
-                                               ("--k", "0", "must be > 0"), ("--lr", "0", "must be > 0")])
+@pytest.mark.parametrize("flag, value, says", [("--batch-size", "0", "batch_size=0: use an integer >= 1"),
+                                               ("--total-tokens", "-5", "total_tokens=-5: use an integer >= 1"),
+                                               ("--k", "0", "k=0: use an integer >= 1"), ("--lr", "0", "lr=0: use a finite number > 0"),
+                                               ("--decay-frac", "NaN", "decay_frac=nan: use a finite number >= 0 and <= 1"),
+                                               ("--betas", "0.9 1", "betas=1: use a finite number >= 0 and < 1"),
+                                               ("--device", "cuda:7", "device='cuda:7': this machine has")])
 def test_train_refuses_impossible_values(tmp_path, capsys, flag, value, says):
-    assert main(["train", "--preset", "smoke", "--run-dir", str(tmp_path / "run"), flag, value]) == 2
+    assert main(["train", "--preset", "smoke", "--run-dir", str(tmp_path / "run"), flag, *value.split()]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()                      # nothing was written

@@ -129,8 +129,8 @@ def test_cli_synth(tmp_path, capsys):
             "--eval-samples", "1024", "--out", str(tmp_path), "--device", "cpu"]
     assert main(argv) == 0
     assert "Positive control" in capsys.readouterr().out and (tmp_path / "report.md").exists()
-    with pytest.raises(SystemExit): main(["synth", "--steps", "-3"])
-    assert "--steps: -3 is too small: use an integer >= 1" in capsys.readouterr().err
+    assert main(["synth", "--steps", "-3"]) == 2                  # refused while parsing
+    assert "--steps: -3: use an integer >= 1" in capsys.readouterr().err
     assert main(["synth", "--world", "tiny", "--width", "32", "--k", "40"]) == 2
     assert "L0 must be below the dictionary size" in capsys.readouterr().err
     (tmp_path / "world.json").write_text('{"world": "cpu", "seed": 0}')
