@@ -15,11 +15,11 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size, SEARCHES
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_FILES', 'DataConfig', 'SAEConfig', 'OptimConfig', 'TrainConfig',
-           'Check', 'check_values', 'check_device', 'make_config', 'parse_kind', 'build_sae', 'memory_needed',
-           'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes', 'model_dtype', 'activation_source',
-           'atomic_save', 'snapshot', 'load_snapshots', 'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run',
-           'finish', 'train']
+__all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_MARK', 'RUN_FILES', 'RUN_GLOBS', 'DataConfig', 'SAEConfig',
+           'OptimConfig', 'TrainConfig', 'Check', 'check_values', 'check_device', 'make_config', 'parse_kind',
+           'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes', 'model_dtype',
+           'activation_source', 'atomic_save', 'snapshot', 'load_snapshots', 'StepTimer', 'Run', 'load_checkpoint',
+           'read_logs', 'plot_run', 'finish', 'train']
 
 # %% ../nbs/04_training.ipynb #a587c512
 @dataclass
@@ -449,12 +449,29 @@ def read_logs(logs: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, float]]
     return out
 
 # %% ../nbs/04_training.ipynb #52b23af8
-RUN_FILES = ["config.json", "log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "summary.json", "training.png"]
+RUN_MARK = ".ortsae-run"   # written in every run folder ortsae starts: --overwrite clears only such folders
+RUN_FILES = [RUN_MARK, "config.json", "log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "summary.json", "training.png",
+             "metrics.json", "metrics.png", "downstream.json", "features.pt", "features.html"]   # training's, then evaluation's
+RUN_GLOBS = ["saes/*/cfg.json", "saes/*/sae_weights.safetensors", "snapshots/step_*.pt"]
 
-def _clear_run(run_dir: Path):
-    "Remove what a run writes in `run_dir`, and nothing else."
-    for name in RUN_FILES: (run_dir / name).unlink(missing_ok=True)
-    for sub in ("saes", "snapshots"): shutil.rmtree(run_dir / sub, ignore_errors=True)
+def _is_run(run_dir: Path) -> bool:
+    "Did ortsae start this folder's run? Its mark, or (runs older than the mark) a full training config and a log."
+    if (run_dir / RUN_MARK).exists(): return True
+    try: d = json.loads((run_dir / "config.json").read_text()); TrainConfig.from_dict(d)
+    except (OSError, ValueError, TypeError): return False
+    return len(d) >= 30 and ((run_dir / "log.jsonl").exists() or (run_dir / "checkpoint.pt").exists())
+
+def _clear_run(run_dir: Path) -> list[str]:
+    "Remove what ortsae wrote in the run folder `run_dir` (training and evaluation), nothing else; return what is left."
+    if not run_dir.exists() or not any(run_dir.iterdir()): return []
+    if not _is_run(run_dir):
+        raise ValueError(f"{run_dir} is not an ortsae run folder (no {RUN_MARK}, no training config.json), so --overwrite "
+                         f"will not delete anything in it: choose another --run-dir, or empty it yourself.")
+    for p in [run_dir / n for n in RUN_FILES[1:]] + [q for g in RUN_GLOBS for q in run_dir.glob(g)]: p.unlink(missing_ok=True)
+    for d in sorted((q for q in run_dir.rglob("*") if q.is_dir()), key=lambda q: -len(q.parts)):
+        if not any(d.iterdir()): d.rmdir()                              # folders ortsae's files leave empty
+    (run_dir / RUN_MARK).unlink(missing_ok=True)
+    return sorted(str(q.relative_to(run_dir)) for q in run_dir.rglob("*") if q.is_file())
 
 # %% ../nbs/04_training.ipynb #dac5e9d4
 def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
@@ -471,14 +488,17 @@ def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
 # %% ../nbs/04_training.ipynb #817c2dbb
 def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
     "Check the run folder; return the checkpoint to resume from, if any."
-    if overwrite: _clear_run(run_dir)                  # only what a run writes, never anything else in the folder
+    if run_dir.exists() and not run_dir.is_dir(): raise ValueError(f"{run_dir} is a file, not a folder: choose another --run-dir.")
+    if overwrite: _clear_run(run_dir)                  # only what ortsae wrote, in a folder ortsae started
     if resume: return _resume_state(run_dir, cfg)
     if (run_dir / "config.json").exists():
-        old = json.loads((run_dir / "config.json").read_text())
-        what = "a different run" if old != asdict(cfg) else "this run already"
-        raise ValueError(f"{run_dir} holds {what}: pass resume=True (--resume) to continue it or overwrite=True "
-                         f"(--overwrite) to start again.")
+        try: same = json.loads((run_dir / "config.json").read_text()) == asdict(cfg)
+        except ValueError: same = False                # unreadable: not this run
+        raise ValueError(f"{run_dir} holds {'this run already' if same else 'a different run (config.json)'}: pass resume=True "
+                         f"(--resume) to continue it or overwrite=True (--overwrite) to start again.")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK): raise PermissionError(f"{run_dir} is not writable: choose another --run-dir.")
+    (run_dir / RUN_MARK).write_text(json.dumps({"ortsae": "run folder; --overwrite removes only what ortsae wrote here"}))
     cfg.save(run_dir / "config.json")
     return None
 

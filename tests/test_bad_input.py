@@ -45,3 +45,64 @@ def test_hub_corpus_offline_is_a_clear_error(monkeypatch):
     assert CORPORA["openwebtext"][1] == "refs/convert/parquet"   # the script-based repo's parquet conversion
     with pytest.raises(RuntimeError, match="internet connection.*shakespeare"):
         next(text_stream("openwebtext"))
+
+
+# ---- issue 30: run folders, files, flags ----
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_acts(tmp_path_factory, make_shards):
+    return make_shards(tmp_path_factory.mktemp("acts"), n_dirs=64, d=16, n_chunks=4, rows=512, active=3, shard_rows=1024)
+
+
+def _train_args(acts, run_dir, *extra):
+    return ["train", "--preset", "smoke", "--source", f"shards:{acts}", "--total-tokens", "512", "--batch-size", "128",
+            "--d-sae", "64", "--chunk-size", "32", "--k", "4", "--buffer-size", "512", "--n-scale", "256", "--run-dir", str(run_dir), *extra]
+
+
+def test_overwrite_refuses_a_folder_ortsae_did_not_start(tmp_path, small_acts, capsys):
+    "The reported data loss: another tool's config.json and saes/notes.txt survive --overwrite, untouched."
+    d = tmp_path / "theirs"; (d / "saes").mkdir(parents=True)
+    (d / "config.json").write_text('{"tool": "other"}'); (d / "saes" / "notes.txt").write_text("mine")
+    before = _snapshot(d)
+    assert main(_train_args(small_acts, d, "--overwrite")) == 2
+    assert "is not an ortsae run folder" in capsys.readouterr().err
+    assert _snapshot(d) == before
+
+
+def test_overwrite_clears_only_what_ortsae_wrote(tmp_path, small_acts, capsys):
+    d = tmp_path / "run"
+    assert main(_train_args(small_acts, d)) == 0
+    (d / "saes" / "notes.txt").write_text("mine"); (d / "metrics.json").write_text("{}")   # a note, an (old) evaluation
+    assert main(_train_args(small_acts, d, "--overwrite")) == 0
+    assert (d / "saes" / "notes.txt").read_text() == "mine" and not (d / "metrics.json").exists()   # stale evaluation gone
+    assert (d / "summary.json").exists()
+
+
+def test_run_dir_that_is_a_file(tmp_path, small_acts, capsys):
+    f = tmp_path / "afile"; f.write_text("x")
+    assert main(_train_args(small_acts, f)) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and f.read_text() == "x"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["capture", "--tokens", "2000", "--shard-rows", "0"], "shard_rows=0: use an integer >= 1"),
+    (["eval", "run", "--absorption-words", "-5"], "absorption_words=-5: use an integer >= 0"),
+    (["eval", "run", "--composition-steps", "0"], "composition_steps=0: use an integer >= 1"),
+    (["eval", "run", "--min-probe-f1", "1.5"], "min_probe_f1=1.5"),
+    (["eval", "run", "--device", "cuda:9"], "this machine has"),
+    (["doctor", "--steps", "0"], "steps=0"),
+    (["features", "run", "--latents", "-1"], "latents=-1"),
+    (["train", "--lr", "Infinity"], "lr=inf: use a finite number > 0"),
+])
+def test_flags_are_refused_while_parsing(argv, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and not any(tmp_path.iterdir())   # nothing written
+
+
+def test_debug_shows_the_traceback(capsys):
+    with pytest.raises(FileNotFoundError, match="No trained SAEs"): main(["--debug", "eval", "no/such/run"])
