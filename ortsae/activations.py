@@ -327,6 +327,8 @@ def _write_shard(folder: Path, i: int, rows: Tensor):
 def write_shards(chunks: Iterable[Tensor], folder: str | Path, shard_rows: int = 65536, max_rows: int | None = None,
                  meta: dict | None = None) -> Path:
     "Write activation chunks to `folder` as shards of `shard_rows` rows (at most `max_rows` in total)."
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
+        raise ValueError(f"shard_rows={shard_rows!r}: use an integer >= 1.")
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     pending, n, shard = [], 0, 0
     for chunk in chunks:
@@ -344,16 +346,26 @@ def _cache_size(folder: Path) -> int:
     if not (folder / "meta.json").exists(): raise FileNotFoundError(f"No activation cache in {folder} (meta.json is missing).")
     return json.loads((folder / "meta.json").read_text())["n_shards"]
 
+def _bad_shard(f: Path, e: Exception) -> ValueError:
+    return ValueError(f"Activation shard {f} is missing or corrupt ({type(e).__name__}: {str(e)[:120]}); capture the "
+                      f"activations again (ortsae capture --out, or delete {f.parent} to let training rebuild it).")
+
 def read_shards(folder: str | Path, start: int = 0) -> Iterator[Tensor]:
     "Yield the shards written by `write_shards`, in order, from shard `start` on (the ones before it are not read)."
     from safetensors.torch import load_file
     folder = Path(folder)
-    for i in range(start, _cache_size(folder)): yield load_file(str(folder / f"shard_{i:05d}.safetensors"))["acts"]
+    for i in range(start, _cache_size(folder)):
+        f = folder / f"shard_{i:05d}.safetensors"
+        try: yield load_file(str(f))["acts"]
+        except Exception as e: raise _bad_shard(f, e) from None           # truncated, overwritten, deleted
 
 def shard_shapes(folder: str | Path) -> list[tuple[int, int]]:
     "Each shard's `(rows, width)`, from the file headers alone (no activation is read)."
     from safetensors import safe_open
     folder, out = Path(folder), []
     for i in range(_cache_size(folder)):
-        with safe_open(str(folder / f"shard_{i:05d}.safetensors"), "pt") as f: out.append(tuple(f.get_slice("acts").get_shape()))
+        f = folder / f"shard_{i:05d}.safetensors"
+        try:
+            with safe_open(str(f), "pt") as h: out.append(tuple(h.get_slice("acts").get_shape()))
+        except Exception as e: raise _bad_shard(f, e) from None
     return out

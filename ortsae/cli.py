@@ -25,6 +25,7 @@ def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_pos
                 tokens: int = 20_000, ctx_len: int = 128, batch: int = 8, out: str | None = None,
                 shard_rows: int = 65536) -> dict:
     "Capture `tokens` activations at `hook`, optionally write them to `out`, and return a summary."
+    for name, v in dict(tokens=tokens, ctx_len=ctx_len, batch=batch, shard_rows=shard_rows).items(): CHECKS[name](name, v)
     lm = load_model_for_hook(model, hook)
     t0, chunks, n = time.perf_counter(), [], 0
     for chunk in activation_stream(lm, hook, source, ctx_len, batch):
@@ -104,9 +105,14 @@ def train_cmd(args) -> dict:
     "Run `ortsae train` from parsed arguments; return the run's summary (or its state if stopped early)."
     fields = {**PRESETS.get(args.preset, {})}
     if args.preset not in PRESETS: make_config(args.preset)  # raises with the list of presets
-    if args.config: fields.update(json.loads(Path(args.config).read_text()))
+    if args.config:
+        try: loaded = json.loads(Path(args.config).read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"--config {args.config} is not valid JSON ({e}): fix the file.") from None
+        if not isinstance(loaded, dict): raise ValueError(f"--config {args.config} holds a {type(loaded).__name__}, not an object of TrainConfig fields.")
+        fields.update(loaded)
     fields.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
-    cfg = TrainConfig.from_dict(fields)
+    try: cfg = TrainConfig.from_dict(fields)
+    except ValueError as e: raise ValueError(f"{e}" + (f" (from --config {args.config}, the preset or the flags)" if args.config else "")) from None
     run_dir = args.run_dir or f"runs/{args.preset}"
     run_cls = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:             # under torchrun: one data-parallel rank (chapter 12)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_evaluation.ipynb #57adce22
 from __future__ import annotations
-import json, math, time
+import json, math, os, time
 from pathlib import Path
 import torch
 from torch import Tensor
@@ -77,8 +77,9 @@ def save_threshold(folder: str | Path, threshold: float, info: dict):
     o["threshold_calibration"] = {**info, "trained_threshold": o.get("threshold_calibration", {}).get(
         "trained_threshold", w["threshold"][0].item())}
     w["threshold"] = torch.full_like(w["threshold"], threshold)
-    save_file(w, str(folder / "sae_weights.safetensors"))
-    (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))
+    from ortsae.train import atomic_write_text
+    save_file(w, str(folder / "sae_weights.safetensors.tmp")); os.replace(folder / "sae_weights.safetensors.tmp", folder / "sae_weights.safetensors")
+    atomic_write_text(folder / "cfg.json", json.dumps(cfg, indent=1))
 
 # %% ../nbs/08_evaluation.ipynb #665fbbe4
 def _letters_for(cfg, model, device, absorption_words, min_probe_f1, min_letters):
@@ -188,7 +189,8 @@ def _add_baselines(out: dict, saes: dict, composition_steps: int, device: str, p
 def _save(out: dict, saes: dict, run_dir: Path, plot: bool = True):
     "Write `metrics.json` and (`plot`) `metrics.png` into the run folder."
     import matplotlib.pyplot as plt
-    (run_dir / "metrics.json").write_text(json.dumps(out, indent=1))
+    from ortsae.train import atomic_write_text
+    atomic_write_text(run_dir / "metrics.json", json.dumps(out, indent=1))
     if not plot: return
     fig = plot_comparison(out["saes"], {k: s.W_dec.detach().cpu() for k, s in saes.items()})
     fig.savefig(run_dir / "metrics.png", dpi=100); plt.close(fig)
@@ -208,6 +210,17 @@ def table1(results: dict) -> str:
         lines.append(f"{'random decoder':16s} {'':>10s} {'':>9s} {rd['mean_cos_sim']:10.3f} {rd['composition_rate']:10.3f}")
     return "\n".join(lines)
 
+# %% ../nbs/08_evaluation.ipynb #53d782f0
+def _check_eval(run_dir: Path, paths: dict, calibrate: bool, **args):
+    "Before any work: each argument against chapter 04's `CHECKS`, and every file the evaluation will write writable."
+    from ortsae.train import CHECKS
+    for name, v in args.items():
+        if v is not None: CHECKS[name](name, v)
+    files = [run_dir / "metrics.json", run_dir / "metrics.png"] + ([q for p in paths.values() for q in (p / "cfg.json", p / "sae_weights.safetensors")] if calibrate else [])
+    for f in [run_dir, *(f for f in files if f.exists())]:
+        if not os.access(f, os.W_OK):
+            raise PermissionError(f"{f} is read-only, and evaluating writes it: make it writable (chmod u+w) or copy the run elsewhere.")
+
 # %% ../nbs/08_evaluation.ipynb #e250cfb8
 def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,
                  absorption_words: int | None = 10_000, min_probe_f1: float = 0.6, min_letters: int = 20, device: str = "cpu",
@@ -215,6 +228,8 @@ def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 
                  absorption_recipes: tuple = ("ortsae",), resample_seed: int | None = None, composition_heldout: bool = False) -> dict:
     "Every metric for every SAE in a run folder, on held-out tokens; writes `metrics.json` (and `metrics.png`) there."
     say, (cfg, paths, saes) = _status(progress), _load_run(Path(run_dir), device)
+    _check_eval(Path(run_dir), paths, calibrate, tokens=n_tokens, ce_batches=ce_batches, composition_steps=composition_steps,
+                absorption_words=absorption_words, min_probe_f1=min_probe_f1, min_letters=min_letters, resample_seed=resample_seed)
     say(f"{len(saes)} SAEs; reading held-out activations"); acts, model, held = _heldout(cfg, Path(run_dir), n_tokens, device)
     model, corpus = _ce_corpus(cfg, held, model, device) if ce_batches else (model, None)
     say(f"{len(acts):,} held-out activations; CE/KL baselines on {ce_batches if corpus else 0} batches")

@@ -251,16 +251,24 @@ def sae_from_cfg(cfg: dict) -> BatchTopKSAE:
 
 # %% ../nbs/01_sae.ipynb #8487491d
 def load_sae(folder: str | Path) -> BatchTopKSAE:
-    "Load an SAE saved by `save` (in eval mode, on raw activations)."
+    "Load an SAE saved by `save` (in eval mode, on raw activations); a bad file is named in the error, with what to do."
     from safetensors.torch import load_file
     folder = Path(folder)
     if not (folder / "cfg.json").exists(): raise FileNotFoundError(f"No SAE in {folder}: cfg.json is missing.")
-    sae = sae_from_cfg(json.loads((folder / "cfg.json").read_text()))
+    if "Ort" in (folder / "cfg.json").read_text(): import ortsae.orthogonality   # registers the OrtSAE classes
+    try: sae = sae_from_cfg(json.loads((folder / "cfg.json").read_text()))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{folder}/cfg.json does not describe an SAE ortsae can build ({type(e).__name__}: {e}); "
+                         f"save the SAE again (or retrain the run).") from None
     try: w = load_file(str(folder / "sae_weights.safetensors"))
     except Exception as e:
         raise ValueError(f"{folder}/sae_weights.safetensors is missing or corrupt ({type(e).__name__}: {e}); "
                          f"save the SAE again (or retrain the run).") from e
     state = sae.state_dict()   # keeps whatever training-only state the class has (counters, generators)
-    state.update({k: w[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, threshold=w["threshold"][0])
-    sae.load_state_dict(state)
+    try:
+        state.update({k: w[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, threshold=w["threshold"][0])
+        sae.load_state_dict(state)
+    except (KeyError, RuntimeError, IndexError) as e:
+        raise ValueError(f"{folder}/sae_weights.safetensors does not match {folder}/cfg.json ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}); save the SAE again (or retrain the run).") from None
     return sae.eval()

@@ -18,8 +18,8 @@ from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size, SEARCHES
 __all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_MARK', 'RUN_FILES', 'RUN_GLOBS', 'DataConfig', 'SAEConfig',
            'OptimConfig', 'TrainConfig', 'Check', 'check_values', 'check_device', 'make_config', 'parse_kind',
            'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes', 'model_dtype',
-           'activation_source', 'atomic_save', 'snapshot', 'load_snapshots', 'StepTimer', 'Run', 'load_checkpoint',
-           'read_logs', 'plot_run', 'finish', 'train']
+           'activation_source', 'atomic_save', 'atomic_write_text', 'snapshot', 'load_snapshots', 'StepTimer', 'Run',
+           'load_checkpoint', 'read_logs', 'plot_run', 'finish', 'train']
 
 # %% ../nbs/04_training.ipynb #a587c512
 @dataclass
@@ -141,7 +141,7 @@ CHECKS: dict[str, Check] = {
     "init": Check(choices=("independent", "shared")), "search": Check(choices=SEARCHES), "betas": Check(float, 0, 1, hi_open=True),
     "group_sizes": Check(int, 1, none=True),
     # arguments of the commands and the functions they call (capture, eval, doctor, features)
-    "tokens": Check(int, 1), "shard_rows": Check(int, 1), "ce_batches": Check(int, 1), "composition_steps": Check(int, 1),
+    "tokens": Check(int, 1), "shard_rows": Check(int, 1), "ce_batches": Check(int, 0), "composition_steps": Check(int, 1),
     "absorption_words": Check(int, 0), "min_probe_f1": Check(float, 0, 1), "min_letters": Check(int, 1), "steps": Check(int, 1),
     "batch": Check(int, 1), "resample_seed": Check(int, 0, none=True), "latents": Check(int, 0), "stop_at": Check(int, 1, none=True),
 }
@@ -284,6 +284,11 @@ def atomic_save(obj, path: Path):
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+def atomic_write_text(path: Path, text: str):
+    "Write `text` to `path` via a temporary file and an atomic rename (a crash leaves the old file or the new, never half)."
+    path = Path(path); tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text); os.replace(tmp, path)
 
 # %% ../nbs/04_training.ipynb #92dd49dd
 def snapshot(saes: dict, step: int, tokens: int, run_dir: Path):

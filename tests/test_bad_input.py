@@ -106,3 +106,40 @@ def test_flags_are_refused_while_parsing(argv, says, capsys, tmp_path, monkeypat
 
 def test_debug_shows_the_traceback(capsys):
     with pytest.raises(FileNotFoundError, match="No trained SAEs"): main(["--debug", "eval", "no/such/run"])
+
+
+def test_config_file_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "cfg.json"; bad.write_text('{"k": 32,')
+    assert main(["train", "--config", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"--config {bad} is not valid JSON" in capsys.readouterr().err
+    bad.write_text('{"k": -3}')
+    assert main(["train", "--config", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "k=-3: use an integer >= 1" in (err := capsys.readouterr().err) and str(bad) in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_sae_files_that_do_not_match_are_named(tmp_path):
+    folder = BatchTopKSAE(8, 16, k=2).save(tmp_path / "sae")
+    cfg = json.loads((folder / "cfg.json").read_text()); cfg["ortsae"]["d_sae"] = -5
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"sae/cfg.json does not describe an SAE"): load_sae(folder)
+    cfg["ortsae"]["d_sae"] = 32; (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"sae_weights.safetensors does not match .*cfg.json"): load_sae(folder)
+
+
+def test_truncated_shard_is_named(tmp_path, make_shards, capsys):
+    acts = make_shards(tmp_path / "acts", n_dirs=16, d=8, n_chunks=2, rows=512, active=2, shard_rows=256)
+    shard = tmp_path / "acts" / "shard_00001.safetensors"; shard.write_bytes(shard.read_bytes()[:64])
+    assert main(_train_args(tmp_path / "acts", tmp_path / "r")) == 2
+    assert "shard_00001.safetensors is missing or corrupt" in capsys.readouterr().err
+
+
+def test_read_only_metrics_is_refused_before_the_work(tmp_path, small_acts, capsys, monkeypatch):
+    import os
+    d = tmp_path / "run"; assert main(_train_args(small_acts, d)) == 0
+    (d / "metrics.json").write_text("{}"); os.chmod(d / "metrics.json", 0o444)
+    if os.geteuid() == 0:                                        # root may write anyway: let the check see what a user would
+        real = os.access; monkeypatch.setattr(os, "access", lambda f, m: False if str(f).endswith("metrics.json") else real(f, m))
+    before = _snapshot(d)
+    assert main(["eval", str(d), "--absorption-words", "0", "--ce-batches", "0", "--evals", "table1"]) == 2
+    assert "metrics.json is read-only" in capsys.readouterr().err and _snapshot(d) == before
