@@ -19,14 +19,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOL = {"ev": 0.01, "l0": None, "dead": 0.01, "mean_cos_sim": 0.01}    # l0: 1% of k
 
 
-def synthetic(n, d, n_feat, active, seed):
-    "Sparse sums of `active` of `n_feat` random unit directions (exponential magnitudes), plus 5% noise."
+def synthetic(n, d, n_feat, active, seed, chunk=4096):
+    "Chunks of sparse sums of `active` of `n_feat` random unit directions (exponential magnitudes), plus 5% noise."
     g = torch.Generator().manual_seed(seed)
     F = torch.nn.functional.normalize(torch.randn(n_feat, d, generator=torch.Generator().manual_seed(0)), dim=1)
-    idx = torch.randint(0, n_feat, (n, active), generator=g)
-    mag = torch.empty(n, active).exponential_(generator=g)
-    x = torch.zeros(n, n_feat).scatter_add_(1, idx, mag) @ F
-    return x + 0.05 * x.norm(dim=1, keepdim=True).mean() / d ** 0.5 * torch.randn(n, d, generator=g)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        idx, mag = torch.randint(0, n_feat, (m, active), generator=g), torch.empty(m, active).exponential_(generator=g)
+        x = (mag[..., None] * F[idx]).sum(1)
+        yield x + 0.05 * x.norm(dim=1, keepdim=True).mean() / d ** 0.5 * torch.randn(m, d, generator=g)
 
 
 def run(source, amp, a, out):
@@ -71,9 +72,8 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         shard = 16384
         a.train_shards = -(-rows // shard)
-        data = synthetic(a.train_shards * shard + 16384, 576, 4 * a.d_sae, 24, seed=1)
-        write_shards(iter([data.half()]), Path(d) / "acts", shard_rows=shard)
-        held = data[a.train_shards * shard:].float()
+        write_shards((x.half() for x in synthetic((a.train_shards + 1) * shard, 576, 4 * a.d_sae, 24, seed=1)), Path(d) / "acts", shard_rows=shard)
+        held = torch.cat(list(synthetic(16384, 576, 4 * a.d_sae, 24, seed=2)))   # the same directions, other draws
         times, res = {False: [], True: []}, {}
         for r in range(a.repeats):
             for amp in (False, True):

@@ -125,10 +125,15 @@ def steps_table(a):
     base = sum(times["BatchTopK"]) / a.rounds
     print(f"\ntraining step, d_in {a.d}, m {a.step_m:,}, B {a.step_B:,}, k {a.step_k}, chunk {chunk} "
           f"(mean of {a.rounds} rounds x 5 steps, interleaved)")
+    ratio = {}
     for k, ts in times.items():
-        t = sum(ts) / a.rounds
+        t = sum(ts) / a.rounds; ratio[k] = t / base
         share = f"penalty {100 * (t - base) / t:4.0f}% of the step" if k != "BatchTopK" else ""
         print(f"  {k:<34} {t:7.3f} s  {t / base:5.2f}x BatchTopK  {share}", flush=True)
+    if a.step_m == 16384:
+        e1, e5 = ratio[f"OrtSAE every step, {a.low}"], ratio[f"OrtSAE every 5th, {a.low}"]
+        print(f"target (issue 29): OrtSAE every step <= 1.4x and every 5th <= 1.08x BatchTopK at 16,384 latents: {e1:.2f}x, {e5:.2f}x"
+              f" ({'met' if e1 <= 1.4 and e5 <= 1.08 else 'not met'}; before: {ratio['OrtSAE every step, before']:.2f}x, {ratio['OrtSAE every 5th, before']:.2f}x)")
 
 
 def main():
@@ -158,9 +163,11 @@ def main():
     print(f"\n(1) penalty, forward + backward (random unit rows; peak MiB = growth of a fresh process's max RSS)")
     ref = f" | {'autograd s':>10} {'full s':>8}" if a.reference else ""
     print(f"{'m':>6} | {'before s':>8} {'MiB':>5} | {'fp32 s':>8} | {'cert s':>8} {'MiB':>5} | {'before/cert':>11} {'fp32/cert':>9}{ref}")
+    speedups = {}
     for m in a.sizes:
         chunk = min(a.chunk, m)
         r0, r1, r2 = (penalty_case(k, m, a.d, chunk, a.reps, a.low) for k in ("before", "fp32", "cert"))
+        speedups[m] = r0["s"] / r2["s"]
         extra = ""
         if a.reference:
             ra = penalty_case("autograd", m, a.d, chunk, 1, a.low)
@@ -169,6 +176,9 @@ def main():
         print(f"{m:>6} | {r0['s']:>8.3f} {r0['peak_mib']:>5.0f} | {r1['s']:>8.3f} | {r2['s']:>8.3f} {r2['peak_mib']:>5.0f} | "
               f"{r0['s'] / r2['s']:>10.2f}x {r1['s'] / r2['s']:>8.2f}x{extra}", flush=True)
 
+    hit = {m: v for m, v in speedups.items() if m in (16384, 65536)}
+    if hit: print(f"target (issue 29): the penalty >= 2x faster than before at 16,384 and 65,536 latents: "
+                  + ", ".join(f"{v:.2f}x at {m:,}" for m, v in hit.items()) + (": met" if min(hit.values()) >= 2 else ": not met"))
     print(f"\n(2) the search alone on one chunk (seconds; candidates per row; rows certified without fp32's own values)")
     print(f"{'decoder':<44} {'rows':>6} | {'before':>8} {'fp32':>8} {'cert':>8} | {'bef/cert':>7} {'fp32/cert':>7} | {'cands':>6} {'certified':>8} | same")
     g = torch.Generator().manual_seed(0)
