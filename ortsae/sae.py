@@ -255,9 +255,11 @@ def load_sae(folder: str | Path) -> BatchTopKSAE:
     from safetensors.torch import load_file
     folder = Path(folder)
     if not (folder / "cfg.json").exists(): raise FileNotFoundError(f"No SAE in {folder}: cfg.json is missing.")
-    if "Ort" in (folder / "cfg.json").read_text(): import ortsae.orthogonality   # registers the OrtSAE classes
-    try: sae = sae_from_cfg(json.loads((folder / "cfg.json").read_text()))
-    except (ValueError, TypeError, KeyError) as e:
+    try:
+        cfg = json.loads((folder / "cfg.json").read_text())
+        if cfg.get("ortsae", {}).get("class") not in (None, *SAE_CLASSES): import ortsae.orthogonality   # registers OrtSAE's
+        sae = sae_from_cfg(cfg)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"{folder}/cfg.json does not describe an SAE ortsae can build ({type(e).__name__}: {e}); "
                          f"save the SAE again (or retrain the run).") from None
     try: w = load_file(str(folder / "sae_weights.safetensors"))

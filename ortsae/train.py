@@ -182,8 +182,16 @@ def _from_dict(cls, d: dict) -> TrainConfig:
 TrainConfig.from_dict = _from_dict
 
 # %% ../nbs/04_training.ipynb #90eed460
-def _save_json(self: TrainConfig, path: str | Path): Path(path).write_text(json.dumps(asdict(self), indent=1))
-def _load_json(cls, path: str | Path) -> TrainConfig: return cls.from_dict(json.loads(Path(path).read_text()))
+def _save_json(self: TrainConfig, path: str | Path):
+    "Write the config as JSON, atomically (a temporary file, then a rename)."
+    tmp = Path(path).with_name(Path(path).name + ".tmp"); tmp.write_text(json.dumps(asdict(self), indent=1)); os.replace(tmp, path)
+def _load_json(cls, path: str | Path) -> TrainConfig:
+    "A config from a JSON file; a file that is not one names itself in the error."
+    try: d = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON ({e}): fix it or write the run again.") from None
+    if not isinstance(d, dict): raise ValueError(f"{path} holds a {type(d).__name__}, not an object of config fields.")
+    try: return cls.from_dict(d)
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
 TrainConfig.save, TrainConfig.load = _save_json, classmethod(_load_json)
 
 def make_config(preset: str = "smoke", **overrides) -> TrainConfig:
