@@ -344,7 +344,10 @@ def write_shards(chunks: Iterable[Tensor], folder: str | Path, shard_rows: int =
 # %% ../nbs/00_activations.ipynb #20477fb6
 def _cache_size(folder: Path) -> int:
     if not (folder / "meta.json").exists(): raise FileNotFoundError(f"No activation cache in {folder} (meta.json is missing).")
-    return json.loads((folder / "meta.json").read_text())["n_shards"]
+    try: return int(json.loads((folder / "meta.json").read_text())["n_shards"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{folder}/meta.json is not an activation cache's ({type(e).__name__}: {e}); capture the activations "
+                         f"again into an empty folder.") from None
 
 def _bad_shard(f: Path, e: Exception) -> ValueError:
     return ValueError(f"Activation shard {f} is missing or corrupt ({type(e).__name__}: {str(e)[:120]}); capture the "

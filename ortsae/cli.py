@@ -26,6 +26,8 @@ def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_pos
                 shard_rows: int = 65536) -> dict:
     "Capture `tokens` activations at `hook`, optionally write them to `out`, and return a summary."
     for name, v in dict(tokens=tokens, ctx_len=ctx_len, batch=batch, shard_rows=shard_rows).items(): CHECKS[name](name, v)
+    if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):   # never over a user's files or a cache
+        raise ValueError(f"--out {out} exists and is not an empty folder: choose a new folder (a cache that runs read must not change).")
     lm = load_model_for_hook(model, hook)
     t0, chunks, n = time.perf_counter(), [], 0
     for chunk in activation_stream(lm, hook, source, ctx_len, batch):
@@ -323,12 +325,15 @@ USER_ERRORS = (ValueError, OSError, RuntimeError, IndexError)   # bad values, fi
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ortsae` console script: a user's error in one line and exit code 2 (`--debug`: the traceback)."
-    try: args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("ORTSAE_DEBUG") == "1"   # before or after the subcommand
+    try: args = _parser().parse_args([a for a in argv if a != "--debug"])
     except SystemExit as e: return e.code or 0                       # --help (0), or a bad flag (2): argparse has said why
     try: COMMANDS[args.cmd](args)
     except USER_ERRORS as e:
-        if args.debug or os.environ.get("ORTSAE_DEBUG") == "1": raise
-        print(f"ortsae {args.cmd}: error: {e}" if str(e) else f"ortsae {args.cmd}: error: {type(e).__name__}", file=sys.stderr)
+        if debug: raise
+        msg = f"{e.strerror}: {e.filename} (check the path you gave)" if isinstance(e, OSError) and e.filename else str(e) or type(e).__name__
+        print(f"ortsae {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ortsae {args.cmd}: interrupted (a training run resumes from its last checkpoint with --resume)", file=sys.stderr)

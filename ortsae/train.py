@@ -151,6 +151,7 @@ def check_values(cfg: TrainConfig):
     for name, v in asdict(cfg).items():
         if name not in CHECKS: continue
         for x in (v if isinstance(v, list) else [v]): CHECKS[name](name, x)
+    if len(cfg.betas) != 2: raise ValueError(f"betas={cfg.betas}: give two numbers (AdamW's beta1 and beta2), e.g. --betas 0.9 0.999.")
     if cfg.train_shards and not cfg.source.startswith("shards:"):
         raise ValueError(f"train_shards={cfg.train_shards} needs a cached source ('shards:PATH'), not {cfg.source!r}.")
     if cfg.total_tokens < cfg.batch_size:
@@ -474,17 +475,27 @@ def _is_run(run_dir: Path) -> bool:
     except (OSError, ValueError, TypeError): return False
     return len(d) >= 30 and ((run_dir / "log.jsonl").exists() or (run_dir / "checkpoint.pt").exists())
 
+def _inside(run_dir: Path, p: Path) -> bool:
+    "Is `p` in `run_dir` itself, reached without following a symbolic link?"
+    rel = p.relative_to(run_dir)
+    return not any((run_dir / Path(*rel.parts[:i + 1])).is_symlink() for i in range(len(rel.parts)))
+
 def _clear_run(run_dir: Path) -> list[str]:
     "Remove what ortsae wrote in the run folder `run_dir` (training and evaluation), nothing else; return what is left."
     if not run_dir.exists() or not any(run_dir.iterdir()): return []
     if not _is_run(run_dir):
         raise ValueError(f"{run_dir} is not an ortsae run folder (no {RUN_MARK}, no training config.json), so --overwrite "
                          f"will not delete anything in it: choose another --run-dir, or empty it yourself.")
-    for p in [run_dir / n for n in RUN_FILES[1:]] + [q for g in RUN_GLOBS for q in run_dir.glob(g)]: p.unlink(missing_ok=True)
-    for d in sorted((q for q in run_dir.rglob("*") if q.is_dir()), key=lambda q: -len(q.parts)):
-        if not any(d.iterdir()): d.rmdir()                              # folders ortsae's files leave empty
+    try: kinds = json.loads((run_dir / "config.json").read_text())["saes"]   # the SAE folders this run wrote
+    except (OSError, ValueError, KeyError, TypeError): kinds = []
+    files = [run_dir / n for n in RUN_FILES[1:]] + [run_dir / "saes" / k / f for k in kinds for f in ("cfg.json", "sae_weights.safetensors")]
+    files += list((run_dir / "snapshots").glob("step_*.pt"))
+    for p in files:
+        if _inside(run_dir, p) and (p.is_file() or p.is_symlink()): p.unlink()   # a link itself, never what it points to
+    for d in [run_dir / "saes" / k for k in kinds] + [run_dir / "saes", run_dir / "snapshots"]:
+        if _inside(run_dir, d) and d.is_dir() and not any(d.iterdir()): d.rmdir()   # folders ortsae's files leave empty
     (run_dir / RUN_MARK).unlink(missing_ok=True)
-    return sorted(str(q.relative_to(run_dir)) for q in run_dir.rglob("*") if q.is_file())
+    return sorted(str(q.relative_to(run_dir)) for q in run_dir.rglob("*") if q.is_file() or q.is_symlink())
 
 # %% ../nbs/04_training.ipynb #dac5e9d4
 def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
@@ -494,7 +505,10 @@ def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
     state = load_checkpoint(ckpt, cfg)
     log = run_dir / "log.jsonl"
     if log.exists():
-        keep = [l for l in log.read_text().splitlines() if json.loads(l)["step"] <= state["step"]]
+        try: keep = [l for l in log.read_text().splitlines() if json.loads(l)["step"] <= state["step"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{log} has a line that is not a log line ({type(e).__name__}: {e}); remove that line (or the file) "
+                             f"and resume again.") from None
         log.write_text("".join(l + "\n" for l in keep))
     return state
 
@@ -502,6 +516,7 @@ def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
 def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
     "Check the run folder; return the checkpoint to resume from, if any."
     if run_dir.exists() and not run_dir.is_dir(): raise ValueError(f"{run_dir} is a file, not a folder: choose another --run-dir.")
+    if resume and overwrite: raise ValueError("resume and overwrite (--resume, --overwrite) contradict each other: choose one.")
     if overwrite: _clear_run(run_dir)                  # only what ortsae wrote, in a folder ortsae started
     if resume: return _resume_state(run_dir, cfg)
     if (run_dir / "config.json").exists():
@@ -511,9 +526,12 @@ def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool)
                          f"(--resume) to continue it or overwrite=True (--overwrite) to start again.")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(run_dir, os.W_OK): raise PermissionError(f"{run_dir} is not writable: choose another --run-dir.")
+    return None
+
+def _mark_run(run_dir: Path, cfg: TrainConfig):
+    "Record a new run (its mark and config.json) once its source and SAEs are set up: a run that cannot start leaves none."
     (run_dir / RUN_MARK).write_text(json.dumps({"ortsae": "run folder; --overwrite removes only what ortsae wrote here"}))
     cfg.save(run_dir / "config.json")
-    return None
 
 # %% ../nbs/04_training.ipynb #a08dec0a
 def _log_line(run: Run, logs: dict, t0: float) -> dict:
@@ -547,6 +565,7 @@ def _start(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, run_c
     else: state = load_checkpoint(run_dir / "checkpoint.pt", cfg) if resume else None
     if state: return run.restore(state)
     run.setup()
+    if run.is_main: _mark_run(run_dir, cfg)        # the source and SAEs are ready: now it is a run
     sample = run.buffer.peek(cfg.n_scale)          # scaled, like the batches; nothing is consumed
     for sae in run.saes.values(): sae.init_b_dec(sample)
     run.sync_init()

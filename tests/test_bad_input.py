@@ -143,3 +143,43 @@ def test_read_only_metrics_is_refused_before_the_work(tmp_path, small_acts, caps
     before = _snapshot(d)
     assert main(["eval", str(d), "--absorption-words", "0", "--ce-batches", "0", "--evals", "table1"]) == 2
     assert "metrics.json is read-only" in capsys.readouterr().err and _snapshot(d) == before
+
+
+def test_overwrite_never_follows_a_link_out_of_the_run(tmp_path, small_acts):
+    "The hostile tester's worst case: a symlinked folder under saes/ pointing outside, and a user's own SAE folder."
+    d = tmp_path / "run"; assert main(_train_args(small_acts, d)) == 0
+    outside = tmp_path / "precious" / "my_sae"; outside.mkdir(parents=True)
+    for f in ("cfg.json", "sae_weights.safetensors"): (outside / f).write_text("x")
+    (d / "saes" / "external").symlink_to(outside); (d / "saes" / "own").mkdir()
+    (d / "saes" / "own" / "cfg.json").write_text("mine")
+    before = _snapshot(outside)
+    assert main(_train_args(small_acts, d, "--overwrite")) == 0
+    assert _snapshot(outside) == before and (d / "saes" / "own" / "cfg.json").read_text() == "mine"
+    assert (d / "saes" / "external").is_symlink()
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, small_acts, capsys):
+    d = tmp_path / "run"; assert main(_train_args(small_acts, d)) == 0
+    before = _snapshot(d)
+    assert main(_train_args(small_acts, d, "--resume", "--overwrite")) == 2
+    assert "contradict each other" in capsys.readouterr().err and _snapshot(d) == before
+
+
+def test_a_run_that_cannot_start_leaves_no_run_behind(tmp_path, small_acts, capsys):
+    "A bad source: the folder is not marked as a run, so fixing the flag and running again just works."
+    d = tmp_path / "run"
+    assert main(_train_args(tmp_path / "no-such-cache", d)) == 2
+    assert not (d / "config.json").exists()
+    assert main(_train_args(small_acts, d)) == 0
+
+
+def test_capture_never_writes_over_a_folder_with_files(tmp_path, capsys):
+    d = tmp_path / "mine"; d.mkdir(); (d / "meta.json").write_text('{"mine": 1}')
+    assert main(["capture", "--tokens", "16", "--ctx-len", "8", "--out", str(d)]) == 2
+    assert "is not an empty folder" in capsys.readouterr().err and (d / "meta.json").read_text() == '{"mine": 1}'
+
+
+def test_betas_need_two_and_debug_works_after_the_subcommand(tmp_path, small_acts, capsys):
+    assert main(_train_args(small_acts, tmp_path / "r", "--betas", "0.9")) == 2
+    assert "give two numbers" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError): main(["eval", "no/such/run", "--debug"])
