@@ -204,7 +204,7 @@ def test_every_search_gives_the_same_penalty_and_gradient(m, d, seed, zero, abso
     "Same neighbours, so the same loss and gradient bit for bit, zero rows (Eq. 3's guard) included."
     W = torch.randn(m, d, generator=torch.Generator().manual_seed(seed))
     if zero: W[1] = 0
-    chunks = random_partition(m, max(2, m // 2), torch.Generator().manual_seed(seed))
+    chunks = random_partition(m, max(2, (m + 1) // 2), torch.Generator().manual_seed(seed))   # two chunks of 2+
     W1, W2 = W.clone().requires_grad_(), W.clone().requires_grad_()
     a = chunked_penalty(W1, chunks=chunks, tile=16, absolute=absolute, search=search)
     b = chunked_penalty(W2, chunks=chunks, tile=16, absolute=absolute, search="fp32")
