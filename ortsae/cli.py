@@ -105,6 +105,8 @@ def _add_train(sub):
 # %% ../nbs/90_cli.ipynb #598d1b63
 def train_cmd(args) -> dict:
     "Run `ortsae train` from parsed arguments; return the run's summary (or its state if stopped early)."
+    for flag, v in (("--run-dir", args.run_dir), ("--config", args.config)):
+        if v is not None and not v.strip(): raise ValueError(f"{flag} is empty: give a path, or leave the flag out.")
     fields = {**PRESETS.get(args.preset, {})}
     if args.preset not in PRESETS: make_config(args.preset)  # raises with the list of presets
     if args.config:
@@ -182,7 +184,7 @@ def _add_doctor(sub):
                    help="activation width and dictionary size for the throughput check (repeatable; "
                         "default: 2304 16384 and 2304 65536 on a GPU, 256 4096 on CPU)")
     d.add_argument("--batch", type=_checked("batch"), default=None, help="batch for the throughput check (default: 4096 on a GPU, 1024 on CPU)")
-    d.add_argument("--out", default=None, help="JSON file to save the report to")
+    d.add_argument("--out", default=None, help="JSON file to save the report to (replaced if it exists; its folder must exist)")
 
 # %% ../nbs/90_cli.ipynb #673ed349
 def _add_reproduce(sub):
@@ -249,6 +251,8 @@ def _train(args):
     if os.environ.get("RANK", "0") == "0": _print_summary(s, args.run_dir or f"runs/{args.preset}")
 
 def _doctor(args):
+    if args.out and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):   # checked now, not after minutes of work
+        raise ValueError(f"--out {args.out}: give a file in an existing folder (the report is written there at the end).")
     rep = doctor(args.device, args.steps, [tuple(s) for s in args.size] if args.size else None, args.batch, args.out)
     print(f"doctor: every check passed on {rep['info']['name']}" + (f"; report in {args.out}" if args.out else ""))
 

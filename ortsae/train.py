@@ -408,7 +408,8 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
                          f"it was left as is. Start a new run folder or use --overwrite.") from e
     if not isinstance(state, dict) or "cfg" not in state: raise ValueError(f"{path} is not an ortsae checkpoint.")
     diff = {k: (v, asdict(cfg).get(k)) for k, v in state["cfg"].items() if asdict(cfg).get(k) != v}
-    if diff: raise ValueError(f"Checkpoint {path} belongs to a different run; differing fields (checkpoint, now): {diff}")
+    if diff: raise ValueError(f"Checkpoint {path} belongs to a different run; differing fields (checkpoint, now): {diff}. "
+                                  f"Resume with the run's own settings (its config.json), or start anew in another folder (or --overwrite).")
     return state
 
 # %% ../nbs/04_training.ipynb #fb85640e

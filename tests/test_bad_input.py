@@ -183,3 +183,10 @@ def test_betas_need_two_and_debug_works_after_the_subcommand(tmp_path, small_act
     assert main(_train_args(small_acts, tmp_path / "r", "--betas", "0.9")) == 2
     assert "give two numbers" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError): main(["eval", "no/such/run", "--debug"])
+
+
+def test_empty_paths_and_a_doctor_report_nowhere_fail_at_once(capsys):
+    assert main(["train", "--run-dir", ""]) == 2 and "--run-dir is empty" in capsys.readouterr().err
+    assert main(["train", "--config", " "]) == 2 and "--config is empty" in capsys.readouterr().err
+    assert main(["doctor", "--out", "/no/such/folder/report.json"]) == 2
+    assert "give a file in an existing folder" in capsys.readouterr().err
