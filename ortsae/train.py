@@ -151,6 +151,7 @@ def check_values(cfg: TrainConfig):
     for name, v in asdict(cfg).items():
         if name not in CHECKS: continue
         for x in (v if isinstance(v, list) else [v]): CHECKS[name](name, x)
+    if len(set(cfg.saes)) != len(cfg.saes): raise ValueError(f"saes={cfg.saes} names a kind twice: list each once (another seed: -seed1).")
     if len(cfg.betas) != 2: raise ValueError(f"betas={cfg.betas}: give two numbers (AdamW's beta1 and beta2), e.g. --betas 0.9 0.999.")
     if cfg.train_shards and not cfg.source.startswith("shards:"):
         raise ValueError(f"train_shards={cfg.train_shards} needs a cached source ('shards:PATH'), not {cfg.source!r}.")

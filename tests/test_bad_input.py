@@ -190,3 +190,7 @@ def test_empty_paths_and_a_doctor_report_nowhere_fail_at_once(capsys):
     assert main(["train", "--config", " "]) == 2 and "--config is empty" in capsys.readouterr().err
     assert main(["doctor", "--out", "/no/such/folder/report.json"]) == 2
     assert "give a file in an existing folder" in capsys.readouterr().err
+
+
+def test_a_kind_named_twice_is_refused(capsys):
+    assert main(["train", "--saes", "ortsae", "ortsae"]) == 2 and "names a kind twice" in capsys.readouterr().err
