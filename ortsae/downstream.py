@@ -476,7 +476,8 @@ def evaluate_downstream(run_dir: str | Path, evals=EVALS, source: str = "standin
     for name, sae in tqdm(saes.items(), desc="downstream evaluations", disable=not progress, leave=False):
         out["saes"][name] = downstream_metrics(sae, data, setup, evals)
     out = json.loads(json.dumps(out))                         # integer keys (N, k) become strings, as when reloaded
-    (Path(run_dir) / "downstream.json").write_text(json.dumps(out, indent=1))
+    from ortsae.train import atomic_write_text
+    atomic_write_text(Path(run_dir) / "downstream.json", json.dumps(out, indent=1))
     return out
 
 # %% ../nbs/09_downstream.ipynb #c46e2547

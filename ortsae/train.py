@@ -630,7 +630,7 @@ def finish(run: Run):
     for k, sae in run.saes.items():
         sae.save(run.dir / "saes" / k, scale=run.buffer.scale, metadata=meta)
         summary["saes"][k] = {n: round(v, 5) for n, v in last[k].items()}
-    (run.dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=1))
     import matplotlib.pyplot as plt
     plt.close(plot_run(run.dir))
     return summary
