@@ -8,7 +8,7 @@ import argparse, dataclasses, json, os, sys, time, typing
 from pathlib import Path
 import torch
 from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, norm_scaling_factor, write_shards
-from .train import TrainConfig, PRESETS, CHECKS, Check, make_config, train, check_device
+from .train import TrainConfig, PRESETS, CHECKS, Check, check_args, make_config, train, check_device
 from .metrics import evaluate_run, table1
 from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table
 from .features import run_features, latent_card, card_text, cards_html, decompose, decomposition_summary
@@ -25,7 +25,7 @@ def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_pos
                 tokens: int = 20_000, ctx_len: int = 128, batch: int = 8, out: str | None = None,
                 shard_rows: int = 65536) -> dict:
     "Capture `tokens` activations at `hook`, optionally write them to `out`, and return a summary."
-    for name, v in dict(tokens=tokens, ctx_len=ctx_len, batch=batch, shard_rows=shard_rows).items(): CHECKS[name](name, v)
+    check_args(tokens=tokens, ctx_len=ctx_len, batch=batch, shard_rows=shard_rows)
     if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):   # never over a user's files or a cache
         raise ValueError(f"--out {out} exists and is not an empty folder: choose a new folder (a cache that runs read must not change).")
     lm = load_model_for_hook(model, hook)
@@ -46,20 +46,21 @@ def _value(s: str):
     try: return json.loads(s)
     except json.JSONDecodeError: return s
 
-def _checked(name: str, check: Check | None = None):
-    "An argparse type: the value (JSON, else text) checked against `CHECKS[name]` while parsing, the valid range in the message."
-    check = check or CHECKS[name]
+def _argtype(fn):
+    "An argparse type from a checker: its ValueError becomes argparse's message, raised while parsing."
     def parse(s: str):
-        try: return check(name, _value(s))
+        try: return fn(s)
         except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
     return parse
 
+def _checked(name: str, check: Check | None = None):
+    "An argparse type: the value (JSON, else text) checked against `CHECKS[name]`, the valid range in the message."
+    check = check or CHECKS[name]
+    return _argtype(lambda s: check(name, _value(s)))
+
 def _rng(name: str) -> str: return CHECKS[name].describe() if name in CHECKS else ""
 
-def _device_arg(s: str) -> str:
-    "An argparse type: a device this machine has (`check_device`), refused while parsing."
-    try: return check_device(s, "device")
-    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+_device_arg = _argtype(lambda s: check_device(s, "device"))   # a device this machine has
 
 
 # %% ../nbs/90_cli.ipynb #162a5322

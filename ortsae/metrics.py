@@ -213,9 +213,8 @@ def table1(results: dict) -> str:
 # %% ../nbs/08_evaluation.ipynb #53d782f0
 def _check_eval(run_dir: Path, paths: dict, calibrate: bool, **args):
     "Before any work: each argument against chapter 04's `CHECKS`, and every file the evaluation will write writable."
-    from ortsae.train import CHECKS
-    for name, v in args.items():
-        if v is not None: CHECKS[name](name, v)
+    from ortsae.train import check_args
+    check_args(**{k: v for k, v in args.items() if v is not None})   # None: not given (absorption_words, resample_seed)
     files = [run_dir / "metrics.json", run_dir / "metrics.png"] + ([q for p in paths.values() for q in (p / "cfg.json", p / "sae_weights.safetensors")] if calibrate else [])
     for f in [run_dir, *(f for f in files if f.exists())]:
         if not os.access(f, os.W_OK):

@@ -84,8 +84,8 @@ def fp32_dot_error(d: int) -> float:
 @torch.no_grad()
 def low_precision_bound(Wn: Tensor, Wl: Tensor) -> tuple[float, float]:
     "`(beta, u)`: each entry x of `Wl @ Wl.T` (`Wl` is `Wn` rounded) is within `beta + u|x|` of the exact cosine of `Wn`'s rows."
-    r = (Wn - Wl.float()).norm(dim=1).max().item()                      # rounding residuals: exact in fp32
-    nu, nmax = Wl.float().norm(dim=1).max().item(), Wn.norm(dim=1).max().item()
+    Wf = Wl.float(); r = (Wn - Wf).norm(dim=1).max().item()           # rounding residuals: exact in fp32
+    nu, nmax = Wf.norm(dim=1).max().item(), Wn.norm(dim=1).max().item()
     u = torch.finfo(Wl.dtype).eps / 2                                   # the result's rounding, relative
     beta = (r * (nmax + nu) + 2 * fp32_dot_error(Wn.shape[1]) * nu * nu) * (1 + 1e-4) + 1e-30
     return beta, u / (1 - u)
@@ -255,6 +255,11 @@ def certified_search(Wn: Tensor, tile: int = 1024, absolute: bool = False, dtype
     if not _fp32_is_fp32(Wn.device.type): return _symmetric_search(Wn, tile, absolute)   # the fp32 search is not fp32 here
     with torch.autocast(Wn.device.type, enabled=False), _fp32_sums(): return _certified(Wn, tile, absolute, dtype, stats)
 
+def _count(stats: dict | None, **counts):
+    "Add `counts` to `stats` (if given): they add up over calls, i.e. over a step's chunks."
+    if stats is not None:
+        for k, v in counts.items(): stats[k] = stats.get(k, 0) + v
+
 def _certified(Wn, tile, absolute, dtype, stats):
     n, Wl = len(Wn), Wn.to(dtype); beta, u = low_precision_bound(Wn, Wl)
     e = fp32_dot_error(Wn.shape[1]) * Wn.norm(dim=1).max().item() ** 2   # the fp32 search's largest error
@@ -263,7 +268,7 @@ def _certified(Wn, tile, absolute, dtype, stats):
     t = torch.where(low >= 0, low / (1 + u), low / (1 - u))
     pairs = _candidates(tiles if tiles is not None else _tiles(Wl, LOW_TILE, absolute), (t - 2 * u * t.abs() - 1e-6).to(dtype))
     if pairs is None:                                                   # rounded down: a superset; too many: fp32
-        if stats is not None: stats.update({k: stats.get(k, 0) + v for k, v in dict(rows=n, pairs=MAX_PAIRS * n, tied=n).items()})
+        _count(stats, rows=n, pairs=MAX_PAIRS * n, tied=n)
         return _symmetric_search(Wn, tile, absolute)
     I, J = pairs; del tiles
     r = _rescore(Wn, I, J); keep, count = _in_reach(I, r.abs() if absolute else r, torch.full_like(r, 2 * e), n)
@@ -271,8 +276,7 @@ def _certified(Wn, tile, absolute, dtype, stats):
     I, J = I[keep & (count[I] > 1)], J[keep & (count[I] > 1)]
     v, e2 = _exact(Wn, I, J); keep, count2 = _in_reach(I, v.abs() if absolute else v, e2, n)
     one = keep & (count2[I] == 1); arg[I[one]] = J[one]; I, J = I[keep & (count2[I] > 1)], J[keep & (count2[I] > 1)]
-    if stats is not None:                                               # added up over calls (chunks)
-        for k, v in dict(rows=n, pairs=len(r), rescored=int((count > 1).sum()), tied=int((count2 > 1).sum())).items(): stats[k] = stats.get(k, 0) + v
+    _count(stats, rows=n, pairs=len(r), rescored=int((count > 1).sum()), tied=int((count2 > 1).sum()))
     return _resolve(Wn, tile, absolute, I, J, arg) if len(I) else arg
 
 # %% ../nbs/03_orthogonality.ipynb #6af6d255

@@ -16,10 +16,10 @@ from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size, SEARCHES
 
 # %% auto #0
 __all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_MARK', 'RUN_FILES', 'RUN_GLOBS', 'DataConfig', 'SAEConfig',
-           'OptimConfig', 'TrainConfig', 'Check', 'check_values', 'check_device', 'make_config', 'parse_kind',
-           'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes', 'model_dtype',
-           'activation_source', 'atomic_save', 'atomic_write_text', 'snapshot', 'load_snapshots', 'StepTimer', 'Run',
-           'load_checkpoint', 'read_logs', 'plot_run', 'finish', 'train']
+           'OptimConfig', 'TrainConfig', 'Check', 'check_args', 'check_values', 'check_device', 'make_config',
+           'parse_kind', 'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes',
+           'model_dtype', 'activation_source', 'atomic_save', 'atomic_write_text', 'snapshot', 'load_snapshots',
+           'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run', 'finish', 'train']
 
 # %% ../nbs/04_training.ipynb #a587c512
 @dataclass
@@ -146,11 +146,14 @@ CHECKS: dict[str, Check] = {
     "batch": Check(int, 1), "resample_seed": Check(int, 0, none=True), "latents": Check(int, 0), "stop_at": Check(int, 1, none=True),
 }
 
+def check_args(**values):
+    "Check each named value against `CHECKS` (each item of a list)."
+    for name, v in values.items():
+        for x in (v if isinstance(v, list) else [v]): CHECKS[name](name, x)
+
 def check_values(cfg: TrainConfig):
     "Refuse values that can't train: each field against `CHECKS`; one batch at least; a cached source for `train_shards`."
-    for name, v in asdict(cfg).items():
-        if name not in CHECKS: continue
-        for x in (v if isinstance(v, list) else [v]): CHECKS[name](name, x)
+    check_args(**{name: v for name, v in asdict(cfg).items() if name in CHECKS})
     if len(set(cfg.saes)) != len(cfg.saes): raise ValueError(f"saes={cfg.saes} names a kind twice: list each once (another seed: -seed1).")
     if len(cfg.betas) != 2: raise ValueError(f"betas={cfg.betas}: give two numbers (AdamW's beta1 and beta2), e.g. --betas 0.9 0.999.")
     if cfg.train_shards and not cfg.source.startswith("shards:"):
