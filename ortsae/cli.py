@@ -12,13 +12,13 @@ from .train import TrainConfig, PRESETS, CHECKS, Check, check_args, make_config,
 from .metrics import evaluate_run, table1
 from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table
 from .features import run_features, latent_card, card_text, cards_html, decompose, decomposition_summary
-from .doctor import doctor
+from .doctor import doctor, DoctorFailed
 from .synthetic import WORLDS, make_world, world_config, world_experiment, world_report, plot_history
 from .reproduce import (CONFIGS, reproduce, run_plan, timing_run, unique_features, claims, claims_markdown, composition_margins,
                                table1_seeds)
 
 # %% auto #0
-__all__ = ['COMMANDS', 'USER_ERRORS', 'capture_cmd', 'field_help', 'train_cmd', 'main']
+__all__ = ['USER_ERRORS', 'COMMANDS', 'capture_cmd', 'field_help', 'train_cmd', 'main']
 
 # %% ../nbs/90_cli.ipynb #8a739774
 def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_post", source: str = "shakespeare",
@@ -261,7 +261,7 @@ def _doctor(args):
 def _features(args):
     device = _device(args.device)
     names = list(dict.fromkeys(n for n in (args.sae, args.other, args.decompose) if n))
-    fp, saes, model = run_features(args.run_dir, names, args.tokens, device=device)
+    fp, saes, model = run_features(args.run_dir, names, args.tokens, device=device, latents=args.latents)
     latents = args.latents or fp["stats"][args.sae]["fires"].topk(5).indices.tolist()
     cards = [latent_card(fp, saes, args.sae, j, model, other=args.other) for j in latents]
     for c in cards: print(card_text(c) + "\n")
@@ -323,10 +323,19 @@ def _synth(args):
     (out / "report.md").write_text(rep); plot_history(hist).savefig(out / "curves.png", dpi=100)
     print(f"written to {out}: history.json, report.md, curves.png, checkpoint.pt")
 
-# %% ../nbs/90_cli.ipynb #20969467
+# %% ../nbs/90_cli.ipynb #98544174
+USER_ERRORS = (ValueError, OSError, DoctorFailed, torch.OutOfMemoryError)   # bad values, files, devices, the internet, memory
+
+def _message(e: Exception) -> str:
+    "One line for a user's error: an OS error's path, out-of-memory's remedy, else the message."
+    if isinstance(e, torch.OutOfMemoryError):
+        return f"out of memory ({str(e).splitlines()[0]}): use a smaller --batch-size or --d-sae, or --device cpu"
+    if isinstance(e, OSError) and e.filename: return f"{e.strerror}: {e.filename} (check the path you gave)"
+    return str(e) or type(e).__name__
+
+# %% ../nbs/90_cli.ipynb #85bb970e
 COMMANDS = {"capture": _capture, "train": _train, "eval": _eval, "doctor": _doctor, "reproduce": _reproduce, "features": _features,
             "synth": _synth}
-USER_ERRORS = (ValueError, OSError, RuntimeError, IndexError)   # bad values, files, devices; a bug's TypeError, KeyError... show theirs
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ortsae` console script: a user's error in one line and exit code 2 (`--debug`: the traceback)."
@@ -337,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     try: COMMANDS[args.cmd](args)
     except USER_ERRORS as e:
         if debug: raise
-        msg = f"{e.strerror}: {e.filename} (check the path you gave)" if isinstance(e, OSError) and e.filename else str(e) or type(e).__name__
-        print(f"ortsae {args.cmd}: error: {msg}", file=sys.stderr)
+        print(f"ortsae {args.cmd}: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ortsae {args.cmd}: interrupted (a training run resumes from its last checkpoint with --resume)", file=sys.stderr)

@@ -15,7 +15,7 @@ from .metrics import evaluate_run, letter_probes
 
 # %% auto #0
 __all__ = ['device_info', 'doctor_shards', 'doctor_train', 'doctor_eval', 'fast_vs_plain', 'throughput', 'doctor_failures',
-           'penalty_shares', 'doctor']
+           'penalty_shares', 'DoctorFailed', 'doctor']
 
 # %% ../nbs/13_doctor.ipynb #ca9d02cf
 def device_info(device: str) -> dict:
@@ -140,6 +140,8 @@ def penalty_shares(rows: list[dict]) -> list[dict]:
     return rows
 
 # %% ../nbs/13_doctor.ipynb #28b83a5a
+class DoctorFailed(RuntimeError): "Doctor ran and found problems (each listed in the message; the report has them under `failures`)."
+
 def doctor(device: str = "auto", steps: int = 200, sizes: list[tuple[int, int]] | None = None, batch: int | None = None,
            out: str | Path | None = None, log=print) -> dict:
     "Check the whole GPU path on `device` and measure it; `sizes`: (d, m) pairs for the throughput step."
@@ -157,5 +159,5 @@ def doctor(device: str = "auto", steps: int = 200, sizes: list[tuple[int, int]] 
     for r in rep["throughput"]: log(f"throughput: {r}")
     rep["failures"] = doctor_failures(rep)
     if out: Path(out).write_text(json.dumps(rep, indent=1))
-    if rep["failures"]: raise RuntimeError("doctor found problems on " + device + ":\n  " + "\n  ".join(rep["failures"]))
+    if rep["failures"]: raise DoctorFailed("doctor found problems on " + device + ":\n  " + "\n  ".join(rep["failures"]))
     return rep

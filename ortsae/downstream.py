@@ -344,8 +344,8 @@ def _check_columns(name: str, ds, spec: dict):
 def _load_hub(spec: dict, split: str):
     from datasets import load_dataset
     try: return load_dataset(spec["path"], split=split)
-    except Exception as e: raise RuntimeError(f"Could not load {spec['path']} from the Hugging Face hub (it needs internet). "
-                                              f"Offline, use source='standin'. ({type(e).__name__}: {e})") from e
+    except Exception as e: raise ConnectionError(f"Could not load {spec['path']} from the Hugging Face hub (it needs internet). "
+                                                 f"Offline, use source='standin'. ({type(e).__name__}: {e})") from e
 
 # %% ../nbs/09_downstream.ipynb #ff739ab0
 def hub_rows(name: str, per_class: dict, split: str = "train", dataset=None, seed: int = 0) -> list[dict]:

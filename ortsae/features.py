@@ -207,7 +207,7 @@ def heldout_text(run_dir: str | Path, model) -> dict:
 
 # %% ../nbs/10_features.ipynb #63b1cee1
 def run_features(run_dir: str | Path, names: list[str] | None = None, n_tokens: int = 50_000, k: int = 10, device: str = "cpu",
-                 progress: bool = True) -> tuple[dict, dict, object]:
+                 progress: bool = True, latents: list[int] | None = None) -> tuple[dict, dict, object]:
     "A feature pass on a run's held-out text for its SAEs (`names`, default all), saved as `features.pt`: (pass, SAEs, model)."
     from ortsae.metrics import _load_run
     from ortsae.activations import load_model_for_hook
@@ -216,6 +216,9 @@ def run_features(run_dir: str | Path, names: list[str] | None = None, n_tokens: 
         unknown = set(names) - set(saes)
         if unknown: raise ValueError(f"No SAE {sorted(unknown)} in {run_dir}: it has {sorted(saes)}.")
         saes = {n: saes[n] for n in names}
+    m = next(iter(saes.values())).W_dec.shape[0]                           # `latents` of the first SAE: checked before the pass
+    if (bad := [j for j in latents or [] if not 0 <= j < m]):
+        raise ValueError(f"Latents {bad} are out of range: {next(iter(saes))} has {m} latents (0 to {m - 1}).")
     from ortsae.metrics import _train_position
     model = load_model_for_hook(cfg.model, cfg.hook, device, getattr(torch, _train_position(Path(run_dir))[2]))   # training's dtype
     fp = feature_pass(model, cfg.hook, saes, k=k, n_tokens=n_tokens, progress=progress, **heldout_text(run_dir, model))

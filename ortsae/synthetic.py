@@ -489,6 +489,12 @@ def world_config(width: int = 1024, k: int = 6, seeds: int = 8, steps: int = 600
                        saes=[f"{kd}-seed{s}" for s in range(seeds) for kd in kinds], **overrides)
 
 # %% ../nbs/11_synthetic.ipynb #7a42dc65
+def _check_out(out: Path):
+    "Refuse a run folder that is a file, or that holds files but no `world.json` (a synthetic run writes it first)."
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "world.json").exists())):
+        raise ValueError(f"{out} is {'a file' if not out.is_dir() else 'a folder of other files (no world.json)'}: a synthetic run "
+                         f"writes history.json, report.md, curves.png and checkpoint.pt there; choose a new or empty folder.")
+
 def _check_world_file(out: Path, world, **protocol):
     "Record which world (and evaluation `protocol`) a run folder uses in `world.json`, or refuse a folder made for another."
     f, spec = out / "world.json", json.loads(json.dumps({**getattr(world, "spec", {"world": repr(world)}), **protocol}))
@@ -506,12 +512,13 @@ def _write_json(path: Path, obj):
 def world_experiment(world, cfg, out: str | Path, evals: int = 6, n_eval: int = 32768, progress: bool = True) -> list[dict]:
     "Train every SAE of `cfg` on one stream of `world`, scoring all at `evals` points; resumable from `out`."
     from tqdm.auto import tqdm
-    out, run = Path(out), Run(cfg); out.mkdir(parents=True, exist_ok=True); run.check(); run.build(world.d)
+    out, run = Path(out), Run(cfg); _check_out(out); out.mkdir(parents=True, exist_ok=True); run.check(); run.build(world.d)
     _check_world_file(out, world, evals=evals, n_eval=n_eval, device=run.device); world.to(run.device); ck = out / "checkpoint.pt"
     xe, ce = world.sample(n_eval, torch.Generator(device=run.device).manual_seed(10**6))
     g, history = torch.Generator(device=run.device).manual_seed(cfg.seed + 2**32), []   # not the world's seed: its own draws
     if ck.exists():
-        state = load_checkpoint(ck, cfg); run.load_state(state); g.set_state(state["stream"]); history = state["history"]
+        state = load_checkpoint(ck, cfg, remedy=f"Use another folder, or delete {ck} to start this one again.")
+        run.load_state(state); g.set_state(state["stream"]); history = state["history"]
     else:
         for s in run.saes.values(): s.init_b_dec(xe[:4096])
     at = {round(run.total_steps * (i + 1) / evals) for i in range(evals)}

@@ -401,19 +401,19 @@ def _state(self: Run) -> dict:
 Run.state = _state
 
 # %% ../nbs/04_training.ipynb #0d57ebd7
-def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
-    "Read a checkpoint and check it belongs to a run with config `cfg`."
+def load_checkpoint(path: Path, cfg: TrainConfig, remedy: str = "Start a new run folder or use --overwrite.") -> dict:
+    "Read a checkpoint and check it belongs to a run with config `cfg`; errors end with `remedy`."
     try: state = torch.load(path, map_location="cpu", weights_only=True)   # tensors and plain data only: no code runs
     except Exception as e:
         if "Unsupported global" in str(e):                                 # a pickled class or function
             raise ValueError(f"Checkpoint {path} holds Python objects besides tensors and plain data; loading them could run "
                              f"code, so ortsae refuses it (ortsae's own checkpoints never do). It was left as is.") from None
         raise ValueError(f"Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}); "
-                         f"it was left as is. Start a new run folder or use --overwrite.") from e
+                         f"it was left as is. {remedy}") from e
     if not isinstance(state, dict) or "cfg" not in state: raise ValueError(f"{path} is not an ortsae checkpoint.")
     diff = {k: (v, asdict(cfg).get(k)) for k, v in state["cfg"].items() if asdict(cfg).get(k) != v}
     if diff: raise ValueError(f"Checkpoint {path} belongs to a different run; differing fields (checkpoint, now): {diff}. "
-                                  f"Resume with the run's own settings (its config.json), or start anew in another folder (or --overwrite).")
+                                  f"Resume with the run's own settings (its config.json). {remedy}")
     return state
 
 # %% ../nbs/04_training.ipynb #fb85640e

@@ -30,7 +30,7 @@ def test_missing_offline_package(monkeypatch):
 
 def test_hub_model_offline_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache, so nothing can come from disk
-    with pytest.raises(RuntimeError, match="internet connection.*smollm2-135m-offline"):
+    with pytest.raises(ConnectionError, match="internet connection.*smollm2-135m-offline"):
         A.load_model("gpt2")
 
 

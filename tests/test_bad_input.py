@@ -43,7 +43,7 @@ def test_hub_corpus_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from ortsae.activations import text_stream, CORPORA
     assert CORPORA["openwebtext"][1] == "refs/convert/parquet"   # the script-based repo's parquet conversion
-    with pytest.raises(RuntimeError, match="internet connection.*shakespeare"):
+    with pytest.raises(ConnectionError, match="internet connection.*shakespeare"):
         next(text_stream("openwebtext"))
 
 
@@ -194,3 +194,46 @@ def test_empty_paths_and_a_doctor_report_nowhere_fail_at_once(capsys):
 
 def test_a_kind_named_twice_is_refused(capsys):
     assert main(["train", "--saes", "ortsae", "ortsae"]) == 2 and "names a kind twice" in capsys.readouterr().err
+
+
+def test_a_bug_shows_its_traceback_and_a_users_error_does_not(monkeypatch, capsys):
+    "Only the errors a user causes are one line: ortsae's own RuntimeError, IndexError or KeyError keeps its traceback."
+    import ortsae.cli as cli
+    for bug in (RuntimeError("internal"), IndexError("internal"), KeyError("internal")):
+        def boom(args, bug=bug): raise bug
+        monkeypatch.setitem(cli.COMMANDS, "doctor", boom)
+        with pytest.raises(type(bug)): main(["doctor"])
+    def oom(args): raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+    monkeypatch.setitem(cli.COMMANDS, "doctor", oom)
+    assert main(["doctor"]) == 2 and "use a smaller --batch-size" in capsys.readouterr().err
+
+
+def test_a_hook_past_the_last_layer_names_the_layers(capsys):
+    assert main(["capture", "--tokens", "16", "--hook", "blocks.99.hook_resid_post"]) == 2
+    assert "Layer 99 in 'blocks.99.hook_resid_post' is out of range: smollm2-135m-offline has 30 layers (0..29)" in capsys.readouterr().err
+
+
+def test_features_checks_latents_before_the_pass(tmp_path, small_acts, capsys):
+    d = tmp_path / "run"; assert main(_train_args(small_acts, d)) == 0
+    before = _snapshot(d)
+    assert main(["features", str(d), "--sae", "batchtopk", "--latents", "3", "64"]) == 2
+    assert "Latents [64] are out of range: batchtopk has 64 latents (0 to 63)" in capsys.readouterr().err
+    assert _snapshot(d) == before                                # no features.pt, no features.html
+
+
+def test_synth_never_writes_into_a_folder_of_other_files(tmp_path, capsys):
+    synth = ["synth", "--world", "tiny", "--width", "32", "--k", "2", "--seeds", "1", "--steps", "4", "--batch-size", "64",
+             "--evals", "1", "--eval-samples", "256", "--device", "cpu"]
+    d = tmp_path / "mine"; d.mkdir(); (d / "report.md").write_text("my report"); (d / "checkpoint.pt").write_text("x")
+    before = _snapshot(d)
+    assert main([*synth, "--out", str(d)]) == 2
+    assert "a folder of other files (no world.json)" in capsys.readouterr().err and _snapshot(d) == before
+    f = tmp_path / "afile"; f.write_text("x")
+    assert main([*synth, "--out", str(f)]) == 2 and "is a file" in capsys.readouterr().err and f.read_text() == "x"
+    run = tmp_path / "run"
+    assert main([*synth, "--out", str(run)]) == 0 and (run / "report.md").exists()
+    capsys.readouterr()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")     # corrupt: the remedy is synth's own (it has no --overwrite)
+    assert main([*synth, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or unreadable" in err and "Use another folder, or delete" in err and "--overwrite" not in err
