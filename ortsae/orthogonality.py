@@ -11,7 +11,7 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, SAE_CLASSES
 import ortsae.fast   # chapter 02's sparse training step: importing it switches it on
 
 # %% auto #0
-__all__ = ['DELTA', 'LOW_TILE', 'KEEP_BYTES', 'MAX_PAIRS', 'SEARCHES', 'AUTO_RETRY', 'AUTO_MIN_ROWS', 'cosine_matrix',
+__all__ = ['DELTA', 'LOW_ROWS', 'GROUP', 'MAX_PAIRS', 'SEARCHES', 'AUTO_RETRY', 'AUTO_MIN_ROWS', 'cosine_matrix',
            'neighbour_cost', 'full_penalty', 'check_chunk_size', 'random_partition', 'chunked_penalty_autograd',
            'fp32_dot_error', 'low_precision_bound', 'certified_search', 'search_dtype', 'certificate_pays',
            'nearest_neighbours', 'pair_cosines', 'chunked_penalty', 'Orthogonal', 'OrtSAE', 'OrtMatryoshkaSAE',
@@ -91,50 +91,45 @@ def low_precision_bound(Wn: Tensor, Wl: Tensor) -> tuple[float, float]:
     return beta, u / (1 - u)
 
 # %% ../nbs/03_orthogonality.ipynb #0368c3eb
-LOW_TILE = 512          # rows per tile of the low-precision pass (measured: 512 and 1,024 about equal here, 2,048 slower)
-KEEP_BYTES = 2 ** 29    # pass 1 keeps its tiles for pass 2 up to this size (a 16,384-row chunk), else pass 2 recomputes them
+LOW_ROWS = 512   # rows per block of the low-precision pass (measured here: 512 faster than 256, 1,024 or 2,048)
+GROUP = 64       # columns per group of the group maxima
 
-def _tiles(Wl: Tensor, tile: int, absolute: bool):
-    "Each tile pair (a <= b) of the low-precision Gram matrix, with its row and column maxima."
-    for a in range(0, len(Wl), tile):
-        for b in range(a, len(Wl), tile):
-            X = Wl[a:a + tile] @ Wl[b:b + tile].T
-            if absolute: X = X.abs_()
-            if a == b: X.fill_diagonal_(float("-inf"))                     # not yourself
-            yield a, b, X, X.amax(1).float(), X.amax(0).float()
+def _low_blocks(Wl: Tensor, rows: int, absolute: bool):
+    "Blocks of `rows` rows of the low-precision Gram matrix against every column (zero columns pad to a multiple of GROUP)."
+    Wp = torch.cat([Wl, Wl.new_zeros(-len(Wl) % GROUP, Wl.shape[1])])
+    for a in range(0, len(Wl), rows):
+        X = Wl[a:a + rows] @ Wp.T
+        if absolute: X.abs_()
+        X[:, a:a + rows].fill_diagonal_(float("-inf"))                  # not yourself
+        yield a, X
 
-@torch.no_grad()
-def _low_tiles(Wl: Tensor, tile: int, absolute: bool) -> tuple[list | None, Tensor]:
-    "Pass 1: each row's largest low-precision value; the tiles too (None where they would take more than `KEEP_BYTES`)."
-    m, keep = torch.full((len(Wl),), float("-inf"), device=Wl.device), len(Wl) ** 2 * Wl.element_size() / 2 <= KEEP_BYTES
-    tiles = [] if keep else None
-    for a, b, X, r, c in _tiles(Wl, tile, absolute):
-        m[a:a + len(r)] = torch.maximum(m[a:a + len(r)], r); m[b:b + len(c)] = torch.maximum(m[b:b + len(c)], c)
-        if keep: tiles.append((a, b, X, r, c))
-    return tiles, m
+def _group_max(X: Tensor) -> Tensor:
+    "Row maxima over column groups c, c + C, ... (C = columns / GROUP) on the bits as integers: exact for groups holding a value >= +0."
+    return X.view(torch.int16).view(len(X), GROUP, X.shape[1] // GROUP).amax(1).view(X.dtype).float()
 
 # %% ../nbs/03_orthogonality.ipynb #9973a468
-def _tile_pairs(X: Tensor, ta: Tensor, tb: Tensor, r: Tensor, c: Tensor, diag: bool) -> tuple[Tensor, ...]:
-    "Tile `X`'s pairs (i, j) where X[i, j] reaches ta[i] and, off the diagonal, (j, i) where it reaches tb[j]."
-    rows, cols = (r >= ta.float()).nonzero().squeeze(1), (c >= tb.float()).nonzero().squeeze(1)[:0 if diag else None]
-    if 2 * len(rows) < len(r) and 2 * len(cols) < len(c):              # few rows and columns in reach: gather them
-        i, j = (X[rows] >= ta[rows, None]).nonzero(as_tuple=True); jj, ii = (X[:, cols] >= tb[cols]).nonzero(as_tuple=True)
-        return rows[i], j, cols[ii], jj
-    M = X >= ta[:, None]
-    if not diag: M |= X >= tb[None, :]
-    i, j = M.nonzero(as_tuple=True); x = X[i, j]; f, g = x >= ta[i], (x >= tb[j]) & (not diag)
-    return i[f], j[f], j[g], i[g]
-
 MAX_PAIRS = 64   # candidates per row (on average) beyond which the certified search gives up and searches in fp32
 
-def _candidates(tiles, t: Tensor) -> tuple[Tensor, Tensor] | None:
-    "Pass 2: every pair (i, j), sorted, whose low-precision value reaches row i's threshold `t[i]` (None: too many)."
-    I, J, total = [], [], 0
-    for a, b, X, r, c in tiles:
-        i, j, i2, j2 = _tile_pairs(X, t[a:a + len(r)], t[b:b + len(c)], r, c, a == b)
-        I += [i + a, i2 + b]; J += [j + b, j2 + a]; total += len(i) + len(i2)
-        if total > MAX_PAIRS * len(t): return None                      # a degenerate decoder: not worth it
-    I, J = torch.cat(I), torch.cat(J); order = torch.argsort(I * len(t) + J)
+def _block_pairs(X: Tensor, n: int, thresh) -> tuple[Tensor, Tensor] | None:
+    "Pairs (i, j < n) of block `X` whose value reaches row i's threshold `thresh(its largest value)` (None: too many)."
+    G = _group_max(X); t = thresh(G.amax(1)); fast = t > 0              # group maxima decide rows with a threshold > 0
+    slow = (~fast).nonzero().squeeze(1)
+    if len(slow): t[slow] = thresh(X[slow, :n].float().amax(1))         # the others read their whole row
+    gi, gc = ((G >= t[:, None]) & fast[:, None]).nonzero(as_tuple=True)
+    if len(gi) > MAX_PAIRS * len(X): return None
+    j = gc[:, None] + G.shape[1] * torch.arange(GROUP, device=X.device) # the columns of each group in reach
+    hit = X[gi[:, None], j].float() >= t[gi, None]                      # (padding columns are 0 < t)
+    si, sj = (X[slow, :n].float() >= t[slow, None]).nonzero(as_tuple=True)
+    return torch.cat([gi[:, None].expand_as(j)[hit], slow[si]]), torch.cat([j[hit], sj])
+
+def _candidates(Wl: Tensor, absolute: bool, thresh) -> tuple[Tensor, Tensor] | None:
+    "Every pair (i, j), sorted, whose low-precision value reaches its row's threshold (None: too many)."
+    n, I, J = len(Wl), [], []
+    for a, X in _low_blocks(Wl, LOW_ROWS, absolute):
+        p = _block_pairs(X, n, thresh)
+        if p is None or len(p[0]) > MAX_PAIRS * len(X): return None     # a degenerate decoder: not worth it
+        I.append(p[0] + a); J.append(p[1])
+    I, J = torch.cat(I), torch.cat(J); order = torch.argsort(I * n + J)
     return I[order], J[order]
 
 # %% ../nbs/03_orthogonality.ipynb #b29372ae
@@ -147,10 +142,13 @@ def _rescore(W: Tensor, I: Tensor, J: Tensor) -> Tensor:
         mask = torch.sparse_csr_tensor(crow, J, torch.zeros(len(I), dtype=W.dtype, device=W.device), (n, n))
         return torch.sparse.sampled_addmm(mask, W, W.T).values()
 
-def _exact(Wn: Tensor, I: Tensor, J: Tensor) -> tuple[Tensor, Tensor]:
+def _exact(Wn: Tensor, I: Tensor, J: Tensor, step: int = 8192) -> tuple[Tensor, Tensor]:
     "fp64 dot products of the pairs, and the bound on the fp32 search's error for each: gamma_d * sum_k |a_k b_k|."
-    W64 = Wn.double()
-    return _rescore(W64, I, J), _rescore(W64.abs(), I, J) * (fp32_dot_error(Wn.shape[1]) * (1 + 1e-6)) + 1e-12
+    v, s = (torch.empty(len(I), dtype=torch.float64, device=Wn.device) for _ in range(2))
+    for k in range(0, len(I), step):                                    # `step` pairs at a time: bounded memory
+        p = Wn[I[k:k + step]].double() * Wn[J[k:k + step]].double()    # products of fp32 numbers: exact in fp64
+        v[k:k + step], s[k:k + step] = p.sum(1), p.abs().sum(1)
+    return v, s * (fp32_dot_error(Wn.shape[1]) * (1 + 1e-6)) + 1e-12
 
 def _in_reach(I: Tensor, v: Tensor, e: Tensor, n: int) -> tuple[Tensor, Tensor]:
     "Pairs whose value `v` (within `e` of the fp32 search's) may still be their row's best, and how many per row."
@@ -263,14 +261,15 @@ def _count(stats: dict | None, **counts):
 def _certified(Wn, tile, absolute, dtype, stats):
     n, Wl = len(Wn), Wn.to(dtype); beta, u = low_precision_bound(Wn, Wl)
     e = fp32_dot_error(Wn.shape[1]) * Wn.norm(dim=1).max().item() ** 2   # the fp32 search's largest error
-    tiles, m = _low_tiles(Wl, LOW_TILE, absolute)
-    low = m - beta - u * m.abs() - 2 * e - beta                        # x + u|x| >= low: solve for x
-    t = torch.where(low >= 0, low / (1 + u), low / (1 - u))
-    pairs = _candidates(tiles if tiles is not None else _tiles(Wl, LOW_TILE, absolute), (t - 2 * u * t.abs() - 1e-6).to(dtype))
-    if pairs is None:                                                   # rounded down: a superset; too many: fp32
+    def thresh(m: Tensor) -> Tensor:                                    # x + u|x| >= m - beta - u|m| - 2e - beta: solve for x
+        low = m - beta - u * m.abs() - 2 * e - beta
+        t = torch.where(low >= 0, low / (1 + u), low / (1 - u))
+        return t - 1e-6 * (1 + t.abs())                                 # rounded down: a superset
+    pairs = _candidates(Wl, absolute, thresh)
+    if pairs is None:                                                   # too many: fp32
         _count(stats, rows=n, pairs=MAX_PAIRS * n, tied=n)
         return _symmetric_search(Wn, tile, absolute)
-    I, J = pairs; del tiles
+    I, J = pairs
     r = _rescore(Wn, I, J); keep, count = _in_reach(I, r.abs() if absolute else r, torch.full_like(r, 2 * e), n)
     arg = torch.zeros(n, dtype=torch.long, device=Wn.device); one = keep & (count[I] == 1); arg[I[one]] = J[one]
     I, J = I[keep & (count[I] > 1)], J[keep & (count[I] > 1)]
@@ -313,7 +312,7 @@ def _nearest(W, tile, delta, absolute, guard, search, stats):
     if guard is None: guard = bool(n.min().pow(2) < delta)
     if not guard:                                                       # no pair needs the guard: unit rows
         dtype = search_dtype(search, W.device, len(W))
-        if dtype is not None and bool(torch.isfinite(W).all()): return certified_search(W / n[:, None], tile, absolute, dtype, stats)
+        if dtype is not None and bool(torch.isfinite(n).all()): return certified_search(W / n[:, None], tile, absolute, dtype, stats)
         return _symmetric_search(W / n[:, None], tile, absolute)
     out = torch.empty(len(W), dtype=torch.long, device=W.device)
     for start in range(0, len(W), tile):
@@ -325,11 +324,38 @@ def _nearest(W, tile, delta, absolute, guard, search, stats):
     return out
 
 # %% ../nbs/03_orthogonality.ipynb #78fb35ad
+def _autograd_pair_cosines(W: Tensor, rows: Tensor | None, J: Tensor, delta: float) -> Tensor:
+    A = W if rows is None else W.index_select(0, rows)
+    B = W.index_select(0, J)
+    return (A * B).sum(1) / (A.norm(dim=1) * B.norm(dim=1)).clamp_min(delta)
+
+class _PairCosine(torch.autograd.Function):
+    "The cosines of pairs (rows or all, J) of `W` under Eq. 3's guard; backward: one sparse-by-dense product."
+    @staticmethod
+    def forward(ctx, W, rows, J, delta):
+        I = torch.arange(len(W), device=W.device) if rows is None else rows
+        n = torch.linalg.vector_norm(W, dim=1); na, nb = n[I], n[J]; live = na * nb >= delta
+        c = torch.linalg.vecdot(W if rows is None else W.index_select(0, I), W.index_select(0, J)) / (na * nb).clamp_min(delta)
+        ctx.save_for_backward(W, I, J, na, nb, live, c); ctx.delta = delta
+        return c
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable                       # no graph through the backward itself
+    def backward(ctx, g):
+        W, I, J, na, nb, live, c = ctx.saved_tensors
+        k = g / (na * nb).clamp_min(ctx.delta)                          # the other row's coefficient; own row's: -g c / |a|^2
+        own_a, own_b = torch.where(live, -g * c / (na * na), 0), torch.where(live, -g * c / (nb * nb), 0)   # 0 under the guard
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                             # torch calls its sparse tensors "beta"
+            S = torch.sparse_coo_tensor(torch.stack([torch.cat([I, I, J, J]), torch.cat([I, J, I, J])]), torch.cat([own_a, k, k, own_b]),
+                                        (len(W), len(W)), check_invariants=False).coalesce()   # duplicates summed
+            return torch.sparse.mm(S.to_sparse_csr(), W), None, None, None
+
 def pair_cosines(W: Tensor, nn_idx: Tensor, delta: float = DELTA, rows: Tensor | None = None) -> Tensor:
     "Eq. 3's cosine between each row of `W` (or only `rows`) and its row `nn_idx` of `W` (with autograd)."
-    A = W if rows is None else W.index_select(0, rows)
-    B = W.index_select(0, nn_idx if rows is None else nn_idx[rows])
-    return (A * B).sum(1) / (A.norm(dim=1) * B.norm(dim=1)).clamp_min(delta)
+    J = nn_idx if rows is None else nn_idx[rows]
+    if W.device.type == "cpu" and W.dtype in (torch.float32, torch.float64): return _PairCosine.apply(W, rows, J, delta)
+    return _autograd_pair_cosines(W, rows, J, delta)
 
 # %% ../nbs/03_orthogonality.ipynb #bc31d895
 def chunked_penalty(W: Tensor, chunk_size: int = 8192, generator: torch.Generator | None = None,
