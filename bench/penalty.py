@@ -104,7 +104,7 @@ def search_row(name, W, tile, low, reps):
     from ortsae.orthogonality import _symmetric_search, certified_search
     Wn = torch.nn.functional.normalize(W.float(), dim=1)
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[low]
-    certified_search(Wn[:600], 256, False, dt)                          # warm-up (and the bit-for-bit probe of a shape)
+    certified_search(Wn, tile, False, dt)                               # warm-up (and the bit-for-bit probe of its shapes)
     t0, a0 = best_of(lambda: before_search(Wn, tile, False), reps)
     t1, a1 = best_of(lambda: _symmetric_search(Wn, tile, False), reps)
     stats = {}
