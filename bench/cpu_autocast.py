@@ -1,7 +1,8 @@
 """bf16 autocast on a CPU (`cpu_autocast=True`) against fp32: speed and results, side by side in one run.
 
-Trains BatchTopK and OrtSAE with `ortsae.train.train` from cached synthetic activations (sparse sums of random unit
-directions plus noise, SmolLM2-135M's width), once in fp32 and once under bf16 autocast, from the same seed, the runs
+Trains BatchTopK and OrtSAE with `ortsae.train.train` from cached synthetic activations (sparse sums of `--active` of
+`--features` random unit directions plus noise, SmolLM2-135M's width; by default half as many directions as latents,
+so the SAEs can learn them and the comparison is between SAEs that work), once in fp32 and once under bf16 autocast, from the same seed, the runs
 alternating so that machine noise hits both alike. Then scores each SAE on held-out rows: explained variance, L0,
 dead latents (the run's last log) and MeanCosSim (mean nearest-neighbour cosine of the decoder), and prints the
 differences beside the tolerances below. Prints; asserts nothing.
@@ -59,21 +60,24 @@ def main():
     p.add_argument("--batch-size", type=int, default=2048, help="activations per step")
     p.add_argument("--steps", type=int, default=300, help="steps per run")
     p.add_argument("--repeats", type=int, default=1, help="rounds of the two runs (times: the mean)")
+    p.add_argument("--features", type=int, default=None, help="directions in the synthetic stream (default: half of --d-sae)")
+    p.add_argument("--active", type=int, default=16, help="directions active in each activation")
     a = p.parse_args()
+    a.features = a.features or a.d_sae // 2
     for name, v, lo in (("--d-sae", a.d_sae, 16), ("--k", a.k, 1), ("--batch-size", a.batch_size, 16), ("--steps", a.steps, 20),
-                        ("--repeats", a.repeats, 1)):
+                        ("--repeats", a.repeats, 1), ("--features", a.features, 1), ("--active", a.active, 1)):
         if v < lo: p.error(f"{name} must be at least {lo} (got {v})")
     cpu = getattr(torch, "cpu", None)
     units = [f for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported") if getattr(cpu, f, lambda: False)()]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; bf16 units: {', '.join(u[4:-10] for u in units) or 'none'}; "
-          f"d_sae {a.d_sae:,}, k {a.k}, batch {a.batch_size:,}, {a.steps} steps per run")
+          f"d_sae {a.d_sae:,}, k {a.k}, batch {a.batch_size:,}, {a.steps} steps per run; stream: {a.active} of {a.features:,} directions")
     from ortsae.activations import write_shards
     rows = a.steps * a.batch_size
     with tempfile.TemporaryDirectory() as d:
         shard = 16384
         a.train_shards = -(-rows // shard)
-        write_shards((x.half() for x in synthetic((a.train_shards + 1) * shard, 576, 4 * a.d_sae, 24, seed=1)), Path(d) / "acts", shard_rows=shard)
-        held = torch.cat(list(synthetic(16384, 576, 4 * a.d_sae, 24, seed=2)))   # the same directions, other draws
+        write_shards((x.half() for x in synthetic((a.train_shards + 1) * shard, 576, a.features, a.active, seed=1)), Path(d) / "acts", shard_rows=shard)
+        held = torch.cat(list(synthetic(16384, 576, a.features, a.active, seed=2)))   # the same directions, other draws
         times, res = {False: [], True: []}, {}
         for r in range(a.repeats):
             for amp in (False, True):

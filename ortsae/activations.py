@@ -157,7 +157,10 @@ def text_stream(source: str | Path | list = "shakespeare", # "shakespeare", "ope
     from datasets import load_dataset
     if source == "shakespeare": source = offline_corpus()
     paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
-    if all(p.exists() for p in paths):
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing and any(s.startswith(("/", "./", "../", "~")) or s.endswith(".txt") for s in missing):   # local paths, not hub ids
+        raise FileNotFoundError(f"No such text file or folder: {', '.join(missing)} (check the path given as the source).")
+    if not missing:
         files = [str(f) for p in paths for f in (sorted(p.glob("**/*.txt")) if p.is_dir() else [p])]
         ds = load_dataset("text", data_files=files, sample_by="paragraph", split="train", streaming=True)
     else: ds = _hub_stream(str(source))
@@ -353,7 +356,10 @@ def write_shards(chunks: Iterable[Tensor], folder: str | Path, shard_rows: int =
 # %% ../nbs/00_activations.ipynb #20477fb6
 def _cache_size(folder: Path) -> int:
     if not (folder / "meta.json").exists(): raise FileNotFoundError(f"No activation cache in {folder} (meta.json is missing).")
-    try: return int(json.loads((folder / "meta.json").read_text())["n_shards"])
+    try:
+        n = json.loads((folder / "meta.json").read_text())["n_shards"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0: raise ValueError(f"n_shards={n!r}, not a count of shards")
+        return n
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{folder}/meta.json is not an activation cache's ({type(e).__name__}: {e}); capture the activations "
                          f"again into an empty folder.") from None

@@ -8,9 +8,9 @@ import argparse, dataclasses, json, os, sys, time, typing
 from pathlib import Path
 import torch
 from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, norm_scaling_factor, write_shards
-from .train import TrainConfig, PRESETS, CHECKS, Check, check_args, make_config, train, check_device
+from .train import TrainConfig, PRESETS, CHECKS, Check, check_args, make_config, train, check_device, check_writable, atomic_write_text
 from .metrics import evaluate_run, table1
-from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table
+from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table, check_hub
 from .features import run_features, latent_card, card_text, cards_html, decompose, decomposition_summary
 from .doctor import doctor, DoctorFailed
 from .synthetic import WORLDS, make_world, world_config, world_experiment, world_report, plot_history
@@ -62,6 +62,12 @@ def _rng(name: str) -> str: return CHECKS[name].describe() if name in CHECKS els
 
 _device_arg = _argtype(lambda s: check_device(s, "device"))   # a device this machine has
 
+def _given(s: str) -> str:
+    "A path or name, refused when empty (it would quietly mean the current folder, or nothing)."
+    if not s.strip(): raise ValueError("empty: give a path or name, or leave the flag out.")
+    return s
+_text = _argtype(_given)
+
 
 # %% ../nbs/90_cli.ipynb #162a5322
 def _add_capture(sub):
@@ -73,8 +79,8 @@ def _add_capture(sub):
     c.add_argument("--tokens", type=_checked("tokens"), default=20_000, help=f"activations to capture ({_rng('tokens')})")
     c.add_argument("--ctx-len", type=_checked("ctx_len"), default=128, help=f"tokens per context ({_rng('ctx_len')})")
     c.add_argument("--batch", type=_checked("batch"), default=8, help=f"contexts per forward pass ({_rng('batch')})")
-    c.add_argument("--out", default=None, help="folder to write activation shards to")
-    c.add_argument("--shard-rows", type=_checked("shard_rows"), default=65536, help="activations per shard file (evaluation reads the shards training did not)")
+    c.add_argument("--out", type=_text, default=None, help="folder to write activation shards to (new or empty)")
+    c.add_argument("--shard-rows", type=_checked("shard_rows"), default=65536, help=f"activations per shard file ({_rng('shard_rows')}; evaluation reads the shards training did not)")
 
 # %% ../nbs/90_cli.ipynb #f82b7ca9
 def field_help() -> dict[str, str]:
@@ -95,7 +101,7 @@ def _add_train(sub):
     t.add_argument("--run-dir", default=None, help="run folder (default: runs/<preset>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="delete what --run-dir holds and start again")
-    t.add_argument("--stop-at", type=_checked("stop_at"), default=None, help="stop when the run reaches this step (a checkpoint is kept; --resume goes on)")
+    t.add_argument("--stop-at", type=_checked("stop_at"), default=None, help=f"stop when the run reaches this step ({_rng('stop_at')}; a checkpoint is kept; --resume goes on)")
     helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         list_field = "list" in str(f.type)
@@ -104,18 +110,26 @@ def _add_train(sub):
                        default=None, help=f"{helps.get(f.name, 'config field')} ({_rng(f.name) or f.type}; default {_default(f)})")
 
 # %% ../nbs/90_cli.ipynb #598d1b63
+def _cache_fields(source, explicit: set) -> dict:
+    "Training from a cache: the model and hook its meta.json records, for those not set explicitly (the preset's are not)."
+    if not (isinstance(source, str) and source.startswith("shards:")): return {}
+    try: meta = json.loads((Path(source[len("shards:"):]) / "meta.json").read_text())
+    except (OSError, ValueError): return {}                            # training names the file and what is wrong with it
+    return {f: meta[f] for f in ("model", "hook") if isinstance(meta, dict) and isinstance(meta.get(f), str) and f not in explicit}
+
 def train_cmd(args) -> dict:
     "Run `ortsae train` from parsed arguments; return the run's summary (or its state if stopped early)."
     for flag, v in (("--run-dir", args.run_dir), ("--config", args.config)):
         if v is not None and not v.strip(): raise ValueError(f"{flag} is empty: give a path, or leave the flag out.")
-    fields = {**PRESETS.get(args.preset, {})}
+    fields, loaded = {**PRESETS.get(args.preset, {})}, {}
     if args.preset not in PRESETS: make_config(args.preset)  # raises with the list of presets
     if args.config:
         try: loaded = json.loads(Path(args.config).read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"--config {args.config} is not valid JSON ({e}): fix the file.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"--config {args.config} is not valid JSON ({e}): fix the file.") from None
         if not isinstance(loaded, dict): raise ValueError(f"--config {args.config} holds a {type(loaded).__name__}, not an object of TrainConfig fields.")
         fields.update(loaded)
-    fields.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
+    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    fields.update(given); fields.update(_cache_fields(fields.get("source"), set(loaded) | set(given)))
     try: cfg = TrainConfig.from_dict(fields)
     except ValueError as e: raise ValueError(f"{e}" + (f" (from --config {args.config}, the preset or the flags)" if args.config else "")) from None
     run_dir = args.run_dir or f"runs/{args.preset}"
@@ -126,7 +140,9 @@ def train_cmd(args) -> dict:
     run = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at, run_cls=run_cls)
     if run_cls is not None: import torch.distributed as dist; dist.barrier(); dist.destroy_process_group()
     summary = Path(run_dir) / "summary.json"
-    return json.loads(summary.read_text()) if summary.exists() and run.step >= run.total_steps else {"steps": run.step}
+    s = json.loads(summary.read_text()) if summary.exists() else {}
+    if s.get("steps") != run.step: return {"steps": run.step}         # stopped (--stop-at): no summary of this step yet
+    return {**s, "total_tokens": cfg.total_tokens} if run.step < run.total_steps else s   # finished, or the source ran out
 
 # %% ../nbs/90_cli.ipynb #43a104f0
 def _print_summary(s: dict, run_dir: str):
@@ -137,6 +153,8 @@ def _print_summary(s: dict, run_dir: str):
         ortho = f"{v['ortho']:7.4f}" if "ortho" in v else f"{'-':>7s}"          # only the orthogonal kinds have a penalty
         print(f"{k:16s} {v['mse']:8.4f} {v['ev']:6.3f} {v['l0']:6.1f} {v['dead']:6.1%} {ortho}")
     print(f"run folder: {run_dir} (config.json, log.jsonl, training.png, summary.json, saes/)")
+    if "total_tokens" in s: print(f"the source ran out after {s['tokens']:,} of {s['total_tokens']:,} tokens: these SAEs are final, and "
+                                  f"evaluation has nothing held out to read (from a cache: capture more, or train on part of it with --train-shards N)")
 
 # %% ../nbs/90_cli.ipynb #db41ad85
 def _at_least(lo: int):
@@ -156,13 +174,13 @@ def _add_downstream_flags(e):
 def _add_eval(sub):
     e = sub.add_parser("eval", help="evaluate every SAE of a run folder (metrics.json, metrics.png, a table)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    e.add_argument("run_dir", help="a run folder written by `ortsae train`")
+    e.add_argument("run_dir", type=_text, help="a run folder written by `ortsae train`")
     e.add_argument("--tokens", type=_checked("tokens"), default=50_000, help=f"held-out activations for the core metrics ({_rng('tokens')})")
     e.add_argument("--ce-batches", type=_checked("ce_batches"), default=4, help=f"batches of contexts for the CE/KL scores ({_rng('ce_batches')})")
     e.add_argument("--composition-steps", type=_checked("composition_steps"), default=1500, help=f"meta-SAE training steps ({_rng('composition_steps')})")
     e.add_argument("--absorption-words", type=_checked("absorption_words"), default=10_000, help=f"words for first-letter absorption ({_rng('absorption_words')}; 0: skip)")
-    e.add_argument("--min-probe-f1", type=_checked("min_probe_f1"), default=0.6, help="letters count when their probe's test F1 exceeds this")
-    e.add_argument("--min-letters", type=_checked("min_letters"), default=20, help="fewest letters that must pass for absorption")
+    e.add_argument("--min-probe-f1", type=_checked("min_probe_f1"), default=0.6, help=f"letters count when their probe's test F1 exceeds this ({_rng('min_probe_f1')})")
+    e.add_argument("--min-letters", type=_checked("min_letters"), default=20, help=f"fewest letters that must pass for absorption ({_rng('min_letters')})")
     e.add_argument("--device", type=_device_arg, default="auto", help="where to evaluate (auto: cuda when available, else cpu)")
     e.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep each SAE's trained inference threshold instead of calibrating it to L0 = k on held-out tokens")
@@ -171,7 +189,7 @@ def _add_eval(sub):
     e.add_argument("--composition-heldout", action="store_true",
                    help="fit the composition meta-SAE on half the decoder rows and score the other half (chapter 06; chapter 14 does)")
     e.add_argument("--resample-seed", type=_checked("resample_seed"), default=None,
-                   help="draw a bootstrap resample of the test words, SAEBench's probe and the meta-SAE from this seed (chapter 14: the run's seed)")
+                   help=f"draw a bootstrap resample of the test words, SAEBench's probe and the meta-SAE from this seed ({_rng('resample_seed')}; chapter 14: the run's seed)")
 
     _add_downstream_flags(e)
 
@@ -180,19 +198,19 @@ def _add_doctor(sub):
     d = sub.add_parser("doctor", help="check the whole GPU path (or CPU) end to end and measure throughput and memory",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--device", type=_device_arg, default="auto", help="device to check (auto: cuda when available, else cpu)")
-    d.add_argument("--steps", type=_checked("steps"), default=200, help="training steps of the train/stop/resume check")
+    d.add_argument("--steps", type=_checked("steps"), default=200, help=f"training steps of the train/stop/resume check ({_rng('steps')})")
     d.add_argument("--size", type=_at_least(1), nargs=2, action="append", metavar=("D", "M"), default=None,
-                   help="activation width and dictionary size for the throughput check (repeatable; "
+                   help="activation width and dictionary size for the throughput check (integers >= 1; repeatable; "
                         "default: 2304 16384 and 2304 65536 on a GPU, 256 4096 on CPU)")
-    d.add_argument("--batch", type=_checked("batch"), default=None, help="batch for the throughput check (default: 4096 on a GPU, 1024 on CPU)")
-    d.add_argument("--out", default=None, help="JSON file to save the report to (replaced if it exists; its folder must exist)")
+    d.add_argument("--batch", type=_checked("batch"), default=None, help=f"batch for the throughput check ({_rng('batch')}; default: 4096 on a GPU, 1024 on CPU)")
+    d.add_argument("--out", type=_text, default=None, help="JSON file to save the report to (replaced if it exists; its folder must exist)")
 
 # %% ../nbs/90_cli.ipynb #673ed349
 def _add_reproduce(sub):
     r = sub.add_parser("reproduce", help="the paper's comparison over several seeds, with paired intervals and verdicts (chapter 14)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("config", choices=sorted(CONFIGS), help="cpu: offline, 2,048 latents, about 1.5 hours on 2 cores; cpu-wide: 8,192 latents, about 2 hours; gpu: a few GPU hours; paper; smoke: a minute")
-    r.add_argument("--root", default=None, help="folder of the runs (default: runs/repro-<config>)")
+    r.add_argument("--root", type=_text, default=None, help="folder of the runs (default: runs/repro-<config>)")
     r.add_argument("--only", nargs="+", default=None, help="train and evaluate only these runs (e.g. k32-seed0): split the runs across processes")
     r.add_argument("--device", type=_device_arg, default="auto", help="where to run (auto: cuda when available, else cpu)")
 
@@ -200,12 +218,12 @@ def _add_reproduce(sub):
 def _add_features(sub):
     f = sub.add_parser("features", help="cards of single latents and the paper's decomposition of composite features (chapter 10)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    f.add_argument("run_dir", help="a run folder written by `ortsae train`")
-    f.add_argument("--sae", default="batchtopk", help="the SAE of the run whose latents get cards")
-    f.add_argument("--latents", type=_checked("latents"), nargs="+", default=None, help="latent indices (default: the 5 that fire most often)")
-    f.add_argument("--other", default=None, help="another SAE of the run, for each card's nearest latents in it")
-    f.add_argument("--tokens", type=_checked("tokens"), default=50_000, help="held-out tokens the feature pass reads")
-    f.add_argument("--decompose", default=None, metavar="ATOMS",
+    f.add_argument("run_dir", type=_text, help="a run folder written by `ortsae train`")
+    f.add_argument("--sae", type=_text, default="batchtopk", help="the SAE of the run whose latents get cards")
+    f.add_argument("--latents", type=_checked("latents"), nargs="+", default=None, help=f"latent indices ({_rng('latents')}; default: the 5 that fire most often)")
+    f.add_argument("--other", type=_text, default=None, help="another SAE of the run, for each card's nearest latents in it")
+    f.add_argument("--tokens", type=_checked("tokens"), default=50_000, help=f"held-out tokens the feature pass reads ({_rng('tokens')})")
+    f.add_argument("--decompose", type=_text, default=None, metavar="ATOMS",
                    help="also decompose --sae's decoder into this SAE's (e.g. ortsae) and back, and print the fractions")
     f.add_argument("--device", type=_device_arg, default="auto", help="where to run (auto: cuda when available, else cpu)")
 
@@ -215,16 +233,16 @@ def _add_synth(sub):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--world", default="cpu", choices=sorted(WORLDS), help="cpu: 4,096 features in 192 dims; synthsaebench-16k: "
                    "SynthSAEBench's 16,384 in 768 (wants a GPU); tiny: for tests")
-    s.add_argument("--width", type=_at_least(2), default=1024, help="latents per SAE")
-    s.add_argument("--k", type=_at_least(1), default=6, help="L0 of every SAE (below --width); the cpu world's top 1,024 features: 6")
-    s.add_argument("--seeds", type=_at_least(1), default=8, help="independent initialisations of each kind (2+ for intervals)")
-    s.add_argument("--steps", type=_at_least(1), default=5000, help="training batches")
-    s.add_argument("--batch-size", type=_at_least(1), default=1024, help="samples per batch")
-    s.add_argument("--evals", type=_at_least(1), default=6, help="evaluations along the way (the curves)")
-    s.add_argument("--eval-samples", type=_at_least(64), default=32768, help="held-out samples every SAE is scored on")
-    s.add_argument("--world-seed", type=_at_least(0), default=0, help="seed of the world (dictionary, correlations, magnitudes)")
+    s.add_argument("--width", type=_at_least(2), default=1024, help="latents per SAE (an integer >= 2)")
+    s.add_argument("--k", type=_at_least(1), default=6, help="L0 of every SAE (below --width); the cpu world's top 1,024 features: 6 (an integer >= 1)")
+    s.add_argument("--seeds", type=_at_least(1), default=8, help="independent initialisations of each kind (2+ for intervals) (an integer >= 1)")
+    s.add_argument("--steps", type=_at_least(1), default=5000, help="training batches (an integer >= 1)")
+    s.add_argument("--batch-size", type=_at_least(1), default=1024, help="samples per batch (an integer >= 1)")
+    s.add_argument("--evals", type=_at_least(1), default=6, help="evaluations along the way (the curves) (an integer >= 1)")
+    s.add_argument("--eval-samples", type=_at_least(64), default=32768, help="held-out samples every SAE is scored on (an integer >= 64)")
+    s.add_argument("--world-seed", type=_at_least(0), default=0, help="seed of the world (dictionary, correlations, magnitudes) (an integer >= 0)")
     s.add_argument("--device", type=_device_arg, default="auto", help="where to run (auto: cuda when available, else cpu)")
-    s.add_argument("--out", default=None, help="run folder (default runs/synth-WORLD): history.json, report.md, curves.png, "
+    s.add_argument("--out", type=_text, default=None, help="run folder (default runs/synth-WORLD): history.json, report.md, curves.png, "
                    "checkpoint.pt; a stopped run continues from its last evaluation")
 
 # %% ../nbs/90_cli.ipynb #84eca1d6
@@ -259,13 +277,14 @@ def _doctor(args):
 
 # %% ../nbs/90_cli.ipynb #9818b3fc
 def _features(args):
-    device = _device(args.device)
+    device, run = _device(args.device), Path(args.run_dir)
     names = list(dict.fromkeys(n for n in (args.sae, args.other, args.decompose) if n))
+    check_writable(run / "features.pt", run / "features.html")      # before the feature pass, not after it
     fp, saes, model = run_features(args.run_dir, names, args.tokens, device=device, latents=args.latents)
     latents = args.latents or fp["stats"][args.sae]["fires"].topk(5).indices.tolist()
     cards = [latent_card(fp, saes, args.sae, j, model, other=args.other) for j in latents]
     for c in cards: print(card_text(c) + "\n")
-    (Path(args.run_dir) / "features.html").write_text(cards_html(cards))
+    atomic_write_text(run / "features.html", cards_html(cards))
     print(f"cards written to {args.run_dir}/features.html; the feature pass to {args.run_dir}/features.pt")
     if args.decompose:
         a, b = saes[args.sae].W_dec.detach(), saes[args.decompose].W_dec.detach()
@@ -276,6 +295,7 @@ def _features(args):
 # %% ../nbs/90_cli.ipynb #9ee41e2d
 def _eval(args):
     device = _device(args.device)
+    if args.downstream_source == "hub" and set(args.evals) & set(EVALS): check_hub()   # offline: before table1's work
     if "table1" in args.evals: _eval_table1(args, device)
     if (down := [e for e in args.evals if e in EVALS]):
         print(f"downstream evaluations ({', '.join(down)}) on the {args.downstream_source} texts, size {args.downstream_size}", flush=True)
@@ -299,6 +319,7 @@ def _eval_table1(args, device):
 # %% ../nbs/90_cli.ipynb #78ef7096
 def _reproduce(args):
     c, root = CONFIGS[args.config], Path(args.root or f"runs/repro-{args.config}")
+    if root.exists() and not root.is_dir(): raise ValueError(f"--root {root} is a file: give a folder for the runs (new, or one reproduce wrote).")
     device = _device(args.device)
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     res = reproduce(c, root, device, dtype, only=args.only)

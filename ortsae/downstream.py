@@ -16,9 +16,9 @@ __all__ = ['ACTIVITIES', 'SCR_PAIRS', 'FILL', 'NAMES', 'SURNAMES', 'HOBBIES', 'F
            'AMAZON_CATEGORIES', 'EVALS', 'NS', 'KS', 'ALL_EVALS', 'biography', 'biographies', 'play_genre',
            'genre_passages', 'segment_mean', 'text_set', 'pooled_codes', 'ablate', 'fit_probe', 'accuracy',
            'node_effects', 'top_latents', 'scr_setup', 'scr_scores', 'class_splits', 'tpp_setup', 'tpp_scores',
-           'top_k_mean_diff', 'sparse_probing', 'sae_probes_ranking', 'best_c_auc', 'sae_probes_scores', 'hub_rows',
-           'downstream_data', 'downstream_setup', 'downstream_metrics', 'random_sae', 'load_downstream_data',
-           'evaluate_downstream', 'downstream_table', 'plot_downstream']
+           'top_k_mean_diff', 'sparse_probing', 'sae_probes_ranking', 'best_c_auc', 'sae_probes_scores', 'check_hub',
+           'hub_rows', 'downstream_data', 'downstream_setup', 'downstream_metrics', 'random_sae',
+           'load_downstream_data', 'evaluate_downstream', 'downstream_table', 'plot_downstream']
 
 # %% ../nbs/09_downstream.ipynb #0b9055e8
 ACTIVITIES = {  # what each profession does; the profession itself is never named (like Bias in Bios' hard_text)
@@ -341,11 +341,15 @@ def _check_columns(name: str, ds, spec: dict):
                                  f"{spec['text']!r} (text) and {list(spec['labels'])} (labels).")
 
 # %% ../nbs/09_downstream.ipynb #b2c15996
-def _load_hub(spec: dict, split: str):
+def _load_hub(spec: dict, split: str, streaming: bool = False):
     from datasets import load_dataset
-    try: return load_dataset(spec["path"], split=split)
+    try: return load_dataset(spec["path"], split=split, streaming=streaming)
     except Exception as e: raise ConnectionError(f"Could not load {spec['path']} from the Hugging Face hub (it needs internet). "
                                                  f"Offline, use source='standin'. ({type(e).__name__}: {e})") from e
+
+def check_hub():
+    "Fail now, not after other work, if SAEBench's datasets can't be reached (streamed: nothing is downloaded)."
+    for spec in HUB_DATASETS.values(): _load_hub(spec, "train", streaming=True)
 
 # %% ../nbs/09_downstream.ipynb #ff739ab0
 def hub_rows(name: str, per_class: dict, split: str = "train", dataset=None, seed: int = 0) -> list[dict]:

@@ -23,7 +23,8 @@ def _train_position(run_dir: Path) -> tuple[int, bool, str]:
     if not (run_dir / "checkpoint.pt").exists():
         raise FileNotFoundError(f"{run_dir}/checkpoint.pt is missing: evaluation can't tell held-out tokens from training "
                                 f"tokens without it. Train the run to the end with ortsae (the last checkpoint is kept).")
-    state = load_checkpoint(run_dir / "checkpoint.pt", TrainConfig.load(run_dir / "config.json"))
+    state = load_checkpoint(run_dir / "checkpoint.pt", TrainConfig.load(run_dir / "config.json"),
+                            remedy=f"Evaluation reads the run as training left it: put back {run_dir}/config.json as it was.")
     return state["buffer"]["n_chunks"], state["buffer"].get("exhausted", False), state.get("model_dtype", "float32")
 
 # %% ../nbs/08_evaluation.ipynb #dbd90fc4
@@ -163,6 +164,7 @@ def _status(progress: bool = True):
 def _load_run(run_dir: Path, device: str):
     "A run folder's config, its SAE folders, and its SAEs on `device`."
     from ortsae.train import TrainConfig
+    if not run_dir.is_dir(): raise FileNotFoundError(f"{run_dir} {'is a file' if run_dir.exists() else 'does not exist'}: give a run folder written by `ortsae train`.")
     if not (run_dir / "saes").is_dir(): raise FileNotFoundError(f"No trained SAEs in {run_dir}/saes: train (to the end) first.")
     paths = {p.name: p for p in sorted((run_dir / "saes").iterdir()) if (p / "cfg.json").exists()}
     return TrainConfig.load(run_dir / "config.json"), paths, {k: load_sae(p).to(device) for k, p in paths.items()}
@@ -213,12 +215,10 @@ def table1(results: dict) -> str:
 # %% ../nbs/08_evaluation.ipynb #53d782f0
 def _check_eval(run_dir: Path, paths: dict, calibrate: bool, **args):
     "Before any work: each argument against chapter 04's `CHECKS`, and every file the evaluation will write writable."
-    from ortsae.train import check_args
+    from ortsae.train import check_args, check_writable
     check_args(**{k: v for k, v in args.items() if v is not None})   # None: not given (absorption_words, resample_seed)
-    files = [run_dir / "metrics.json", run_dir / "metrics.png"] + ([q for p in paths.values() for q in (p / "cfg.json", p / "sae_weights.safetensors")] if calibrate else [])
-    for f in [run_dir, *(f for f in files if f.exists())]:
-        if not os.access(f, os.W_OK):
-            raise PermissionError(f"{f} is read-only, and evaluating writes it: make it writable (chmod u+w) or copy the run elsewhere.")
+    check_writable(run_dir / "metrics.json", run_dir / "metrics.png",
+                   *([q for p in paths.values() for q in (p / "cfg.json", p / "sae_weights.safetensors")] if calibrate else []))
 
 # %% ../nbs/08_evaluation.ipynb #e250cfb8
 def evaluate_run(run_dir: str | Path, n_tokens: int = 50_000, ce_batches: int = 4, composition_steps: int = 1500,

@@ -18,8 +18,8 @@ from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size, SEARCHES
 __all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_MARK', 'RUN_FILES', 'RUN_GLOBS', 'DataConfig', 'SAEConfig',
            'OptimConfig', 'TrainConfig', 'Check', 'check_args', 'check_values', 'check_device', 'make_config',
            'parse_kind', 'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes',
-           'model_dtype', 'activation_source', 'atomic_save', 'atomic_write_text', 'snapshot', 'load_snapshots',
-           'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run', 'finish', 'train']
+           'model_dtype', 'activation_source', 'atomic_save', 'check_writable', 'atomic_write_text', 'snapshot',
+           'load_snapshots', 'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run', 'finish', 'train']
 
 # %% ../nbs/04_training.ipynb #a587c512
 @dataclass
@@ -142,7 +142,7 @@ CHECKS: dict[str, Check] = {
     "group_sizes": Check(int, 1, none=True),
     # arguments of the commands and the functions they call (capture, eval, doctor, features)
     "tokens": Check(int, 1), "shard_rows": Check(int, 1), "ce_batches": Check(int, 0), "composition_steps": Check(int, 1),
-    "absorption_words": Check(int, 0), "min_probe_f1": Check(float, 0, 1), "min_letters": Check(int, 1), "steps": Check(int, 1),
+    "absorption_words": Check(int, 0), "min_probe_f1": Check(float, 0, 1), "min_letters": Check(int, 1, 26), "steps": Check(int, 1),
     "batch": Check(int, 1), "resample_seed": Check(int, 0, none=True), "latents": Check(int, 0), "stop_at": Check(int, 1, none=True),
 }
 
@@ -174,6 +174,13 @@ def check_device(name: str, what: str = "device") -> str:
     return name
 
 # %% ../nbs/04_training.ipynb #413b70bd
+def _type_name(t) -> str:
+    "A field's type in words: true or false, an integer, a number, text, a list of them, or null."
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if len(args) < len(typing.get_args(t)): return " or ".join(_type_name(a) for a in args) + " or null"
+    if typing.get_origin(t) is list: return f"a list of ({_type_name(args[0])})"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(t, str(t))
+
 @classmethod
 def _from_dict(cls, d: dict) -> TrainConfig:
     "A config from a dict, refusing unknown fields and wrong types."
@@ -181,7 +188,7 @@ def _from_dict(cls, d: dict) -> TrainConfig:
     unknown = sorted(set(d) - set(hints))
     if unknown: raise ValueError(f"Unknown config field(s) {unknown}. Valid fields: {sorted(hints)}")
     for k, v in d.items():
-        if not _type_ok(v, hints[k]): raise ValueError(f"Config field {k!r} should be {hints[k]}, got {v!r}.")
+        if not _type_ok(v, hints[k]): raise ValueError(f"Config field {k!r} should be {_type_name(hints[k])}, got {v!r}.")
     cfg = cls(**d); check_values(cfg)
     return cfg
 TrainConfig.from_dict = _from_dict
@@ -193,7 +200,7 @@ def _save_json(self: TrainConfig, path: str | Path):
 def _load_json(cls, path: str | Path) -> TrainConfig:
     "A config from a JSON file; a file that is not one names itself in the error."
     try: d = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON ({e}): fix it or write the run again.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path} is not valid JSON ({e}): fix it or write the run again.") from None
     if not isinstance(d, dict): raise ValueError(f"{path} holds a {type(d).__name__}, not an object of config fields.")
     try: return cls.from_dict(d)
     except ValueError as e: raise ValueError(f"{path}: {e}") from None
@@ -281,11 +288,21 @@ def model_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
 
 # %% ../nbs/04_training.ipynb #233af9c6
+def _check_cache(cfg: TrainConfig, folder: str) -> int:
+    "The cache's own record (meta.json) against the run's: the model and hook it came from; its width."
+    meta, shapes = json.loads((Path(folder) / "meta.json").read_text()), shard_shapes(folder)   # raises if unreadable
+    for f in ("model", "hook"):                                    # caches from `ortsae capture` record both
+        if meta.get(f) not in (None, getattr(cfg, f)):
+            raise ValueError(f"The cache {folder} holds activations of {meta.get('model')} at {meta.get('hook')} (its meta.json), "
+                             f"not {f}={getattr(cfg, f)!r}: evaluation would read the wrong model or layer. Use --{f} {meta[f]}, or capture again.")
+    if not shapes: raise ValueError(f"The cache {folder} holds no activations (its meta.json): capture some into it.")
+    return shapes[0][1]
+
 def activation_source(cfg: TrainConfig, device: str, skip: int = 0, dtype: torch.dtype | None = None):
     "An iterator of activation chunks for `cfg`, fast-forwarded by `skip` chunks, and its width `d_in` (`dtype`: the model's)."
     if cfg.source.startswith("shards:"):
         folder = cfg.source[len("shards:"):]
-        d_in = shard_shapes(folder)[0][1]                      # raises if the cache has no meta.json
+        d_in = _check_cache(cfg, folder)                       # raises if the cache has no meta.json
         if cfg.train_shards: return shard_passes(folder, cfg.train_shards, cfg.seed, skip), d_in
         return read_shards(folder, start=skip), d_in
     model = load_model_for_hook(cfg.model, cfg.hook, device, dtype or model_dtype(cfg, device))
@@ -298,10 +315,21 @@ def atomic_save(obj, path: Path):
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
+def check_writable(*paths: Path):
+    "Before the work: each file can be written (not a folder, not read-only, in a writable folder), or an error naming it."
+    for p in map(Path, paths):
+        if p.is_dir(): raise ValueError(f"{p} is a folder, where ortsae writes a file: move it away, or copy the run elsewhere.")
+        f = p if p.exists() else p.parent
+        if f.exists() and not os.access(f, os.W_OK):                  # (a folder that does not exist is named by what reads it)
+            raise PermissionError(f"{f} is read-only, and ortsae writes {p.name} there: make it writable (chmod u+w) or copy the run elsewhere.")
+
 def atomic_write_text(path: Path, text: str):
     "Write `text` to `path` via a temporary file and an atomic rename (a crash leaves the old file or the new, never half)."
     path = Path(path); tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text); os.replace(tmp, path)
+    try: tmp.write_text(text); os.replace(tmp, path)
+    except OSError as e:
+        if tmp.is_file() and not tmp.is_symlink(): tmp.unlink()       # ortsae's own temporary file, not left behind
+        raise OSError(e.errno, e.strerror, str(path)) from None      # the file at fault is `path`
 
 # %% ../nbs/04_training.ipynb #92dd49dd
 def snapshot(saes: dict, step: int, tokens: int, run_dir: Path):
@@ -401,19 +429,20 @@ def _state(self: Run) -> dict:
 Run.state = _state
 
 # %% ../nbs/04_training.ipynb #0d57ebd7
-def load_checkpoint(path: Path, cfg: TrainConfig, remedy: str = "Start a new run folder or use --overwrite.") -> dict:
-    "Read a checkpoint and check it belongs to a run with config `cfg`; errors end with `remedy`."
+def load_checkpoint(path: Path, cfg: TrainConfig, remedy: str | None = None) -> dict:
+    "Read a checkpoint and check it belongs to a run with config `cfg`; errors end with `remedy` (default: training's)."
     try: state = torch.load(path, map_location="cpu", weights_only=True)   # tensors and plain data only: no code runs
     except Exception as e:
         if "Unsupported global" in str(e):                                 # a pickled class or function
             raise ValueError(f"Checkpoint {path} holds Python objects besides tensors and plain data; loading them could run "
                              f"code, so ortsae refuses it (ortsae's own checkpoints never do). It was left as is.") from None
-        raise ValueError(f"Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}); "
-                         f"it was left as is. {remedy}") from e
+        raise ValueError(f"Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); "
+                         f"it was left as is. {remedy or 'Start a new run folder or use --overwrite.'}") from None
     if not isinstance(state, dict) or "cfg" not in state: raise ValueError(f"{path} is not an ortsae checkpoint.")
     diff = {k: (v, asdict(cfg).get(k)) for k, v in state["cfg"].items() if asdict(cfg).get(k) != v}
     if diff: raise ValueError(f"Checkpoint {path} belongs to a different run; differing fields (checkpoint, now): {diff}. "
-                                  f"Resume with the run's own settings (its config.json). {remedy}")
+                                  + (remedy or "Resume with the run's own settings (its config.json), or start anew in another folder "
+                                                "(or --overwrite)."))
     return state
 
 # %% ../nbs/04_training.ipynb #fb85640e
@@ -508,6 +537,9 @@ def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.exists(): raise FileNotFoundError(f"Nothing to resume: {ckpt} does not exist.")
     state = load_checkpoint(ckpt, cfg)
+    try: same = TrainConfig.load(run_dir / "config.json") == cfg
+    except (OSError, ValueError): same = False
+    if not same: cfg.save(run_dir / "config.json")                     # the checkpoint's settings: evaluation reads this file
     log = run_dir / "log.jsonl"
     if log.exists():
         try: keep = [l for l in log.read_text().splitlines() if json.loads(l)["step"] <= state["step"]]
@@ -518,9 +550,20 @@ def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
     return state
 
 # %% ../nbs/04_training.ipynb #817c2dbb
+def _links(run_dir: Path, cfg: TrainConfig) -> list[Path]:
+    "Symbolic links at the places ortsae writes in `run_dir`: writing there would write through them, outside the run."
+    names = [n for f in RUN_FILES for n in (f, f + ".tmp")] + ["saes", "snapshots"]
+    names += [f"saes/{k}{f}" for k in cfg.saes for f in ("", "/cfg.json", "/sae_weights.safetensors")]
+    return [run_dir / n for n in names if (run_dir / n).is_symlink()] + [p for p in (run_dir / "snapshots").glob("step_*.pt") if p.is_symlink()]
+
 def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
     "Check the run folder; return the checkpoint to resume from, if any."
     if run_dir.exists() and not run_dir.is_dir(): raise ValueError(f"{run_dir} is a file, not a folder: choose another --run-dir.")
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise ValueError(f"{run_dir} is a link to {os.readlink(run_dir)}, which does not exist: remove the link or choose another --run-dir.")
+    if (links := _links(run_dir, cfg)):
+        raise ValueError(f"{links[0]} is a symbolic link where ortsae writes its own {links[0].name}: writing would go through it, "
+                         f"outside the run. Remove the link (or choose another --run-dir); nothing was changed.")
     if resume and overwrite: raise ValueError("resume and overwrite (--resume, --overwrite) contradict each other: choose one.")
     if overwrite: _clear_run(run_dir)                  # only what ortsae wrote, in a folder ortsae started
     if resume: return _resume_state(run_dir, cfg)
@@ -529,6 +572,9 @@ def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool)
         except ValueError: same = False                # unreadable: not this run
         raise ValueError(f"{run_dir} holds {'this run already' if same else 'a different run (config.json)'}: pass resume=True "
                          f"(--resume) to continue it or overwrite=True (--overwrite) to start again.")
+    if (clash := [n for n in RUN_FILES[2:] + [f"saes/{k}" for k in cfg.saes] if (run_dir / n).exists()]):   # someone else's files
+        raise ValueError(f"{run_dir} already holds {', '.join(clash)}, which a new run would write over: choose a new or empty "
+                         f"--run-dir (or --overwrite, if it is an ortsae run); nothing was changed.")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(run_dir, os.W_OK): raise PermissionError(f"{run_dir} is not writable: choose another --run-dir.")
     return None
@@ -559,8 +605,10 @@ def _wandb(cfg: TrainConfig, run_dir: Path):
     if not cfg.wandb: return None
     try: import wandb
     except ImportError as e: raise ValueError("wandb=True needs the wandb package: pip install wandb") from e
-    return wandb.init(project=cfg.wandb_project, name=run_dir.name, id=_wandb_id(run_dir),
-                      resume="allow", config=asdict(cfg))
+    try: return wandb.init(project=cfg.wandb_project, name=run_dir.name, id=_wandb_id(run_dir), resume="allow", config=asdict(cfg))
+    except Exception as e:                                               # no login, no network, a bad project name...
+        raise ValueError(f"Weights & Biases could not start ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}): "
+                         f"run `wandb login` (or set WANDB_MODE=offline), or train without --wandb.") from None
 
 # %% ../nbs/04_training.ipynb #8fdddd2f
 def _start(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, run_cls: type | None = None) -> Run:
@@ -568,8 +616,9 @@ def _start(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, run_c
     run = (run_cls or Run)(cfg, run_dir)
     if run.is_main: state = _prepare_dir(run_dir, cfg, resume, overwrite)   # other processes only read the checkpoint
     else: state = load_checkpoint(run_dir / "checkpoint.pt", cfg) if resume else None
-    if state: return run.restore(state)
+    if state: run = run.restore(state); run.wb = _wandb(cfg, run_dir) if run.is_main else None; return run
     run.setup()
+    run.wb = _wandb(cfg, run_dir) if run.is_main else None   # before the mark: a run whose W&B cannot start leaves none
     if run.is_main: _mark_run(run_dir, cfg)        # the source and SAEs are ready: now it is a run
     sample = run.buffer.peek(cfg.n_scale)          # scaled, like the batches; nothing is consumed
     for sae in run.saes.values(): sae.init_b_dec(sample)
@@ -645,7 +694,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     from tqdm.auto import tqdm
     check_values(cfg); check_device(cfg.device)                        # a config built in Python is checked too
     run_dir = Path(run_dir); run = _start(cfg, run_dir, resume, overwrite, run_cls)
-    wb, end = _wandb(cfg, run_dir) if run.is_main else None, run.total_steps if stop_at is None else min(stop_at, run.total_steps)
+    wb, end = run.wb, run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (progress and run.is_main), dynamic_ncols=True)
     with open(run_dir / "log.jsonl", "a") if run.is_main else open(os.devnull, "w") as log: ran_out = _steps(run, end, log, wb, bar)
     bar.close()

@@ -105,7 +105,7 @@ def test_flags_are_refused_while_parsing(argv, says, capsys, tmp_path, monkeypat
 
 
 def test_debug_shows_the_traceback(capsys):
-    with pytest.raises(FileNotFoundError, match="No trained SAEs"): main(["--debug", "eval", "no/such/run"])
+    with pytest.raises(FileNotFoundError, match="no/such/run does not exist: give a run folder"): main(["--debug", "eval", "no/such/run"])
 
 
 def test_config_file_errors_name_the_file(tmp_path, capsys):
@@ -237,3 +237,116 @@ def test_synth_never_writes_into_a_folder_of_other_files(tmp_path, capsys):
     assert main([*synth, "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert "corrupt or unreadable" in err and "Use another folder, or delete" in err and "--overwrite" not in err
+
+
+# ---- issue 30, second hostile pass ----
+@pytest.mark.parametrize("link", ["log.jsonl", "saes/ortsae"])
+def test_links_where_ortsae_writes_are_refused(tmp_path, small_acts, capsys, link):
+    "A run folder whose log or SAE folder is a link outside it: refused, with or without --overwrite; the outside untouched."
+    d = tmp_path / "run"; assert main(_train_args(small_acts, d)) == 0
+    outside = tmp_path / "outside"; outside.mkdir(); (outside / "precious.txt").write_text("mine")
+    target = outside / "precious.txt" if link == "log.jsonl" else outside
+    p = d / link; (p.unlink() if p.is_file() else __import__("shutil").rmtree(p)); p.symlink_to(target)
+    before = _snapshot(outside)
+    for extra in (["--overwrite"], ["--resume"]):
+        assert main(_train_args(small_acts, d, *extra)) == 2
+        assert "is a symbolic link where ortsae writes" in capsys.readouterr().err
+    assert _snapshot(outside) == before and p.is_symlink()
+
+
+def test_a_cache_too_small_for_the_run_says_what_happened(tmp_path, small_acts, capsys):
+    "The source runs out before total_tokens: the run finishes with what it read, and says so (no --resume advice)."
+    args = _train_args(small_acts, tmp_path / "r"); args[args.index("--total-tokens") + 1] = "100000"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the source ran out after" in out and "of 100,000 tokens" in out and "--resume" not in out
+    assert (tmp_path / "r" / "saes" / "ortsae" / "cfg.json").exists()
+
+
+def test_a_cache_knows_its_model_and_hook(tmp_path, small_acts, capsys):
+    import shutil
+    acts = tmp_path / "acts"; shutil.copytree(small_acts, acts)
+    meta = json.loads((acts / "meta.json").read_text())
+    (acts / "meta.json").write_text(json.dumps({**meta, "model": "smollm2-135m-offline", "hook": "blocks.3.hook_resid_post"}))
+    assert main(_train_args(acts, tmp_path / "r")) == 0                # the cache's hook, not the preset's
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["hook"] == "blocks.3.hook_resid_post"
+    assert main(_train_args(acts, tmp_path / "r2", "--hook", "blocks.6.hook_resid_post")) == 2
+    assert "evaluation would read the wrong model or layer" in capsys.readouterr().err
+    (acts / "meta.json").write_text(json.dumps({**meta, "n_shards": -3}))
+    assert main(_train_args(acts, tmp_path / "r3")) == 2
+    assert "meta.json is not an activation cache's (ValueError: n_shards=-3" in capsys.readouterr().err
+
+
+def test_wandb_that_cannot_start_leaves_no_run(tmp_path, small_acts, capsys, monkeypatch):
+    import sys, types
+    def init(**kw): raise RuntimeError("No API key configured. Use `wandb login` to log in.")
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    d = tmp_path / "r"
+    assert main(_train_args(small_acts, d, "--wandb", "true")) == 2
+    assert "Weights & Biases could not start (RuntimeError: No API key configured" in capsys.readouterr().err
+    assert not (d / ".ortsae-run").exists() and not (d / "config.json").exists()
+    assert main(_train_args(small_acts, d)) == 0                         # the same run without W&B just works
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["features", "run", "--sae", ""], "argument --sae: empty"),
+    (["capture", "--out", ""], "argument --out: empty"),
+    (["synth", "--out", " "], "argument --out: empty"),
+    (["doctor", "--out", ""], "argument --out: empty"),
+    (["eval", ""], "argument run_dir: empty"),
+    (["reproduce", "smoke", "--root", ""], "argument --root: empty"),
+])
+def test_empty_paths_and_names_are_refused_while_parsing(argv, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2 and says in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_outputs_that_cannot_be_written_are_found_before_the_work(tmp_path, small_acts, capsys):
+    d = tmp_path / "run"; assert main(_train_args(small_acts, d)) == 0
+    (d / "features.html").mkdir()
+    assert main(["features", str(d)]) == 2
+    assert "features.html is a folder, where ortsae writes a file" in capsys.readouterr().err and not (d / "features.pt").exists()
+    (d / "metrics.json").mkdir()
+    assert main(["eval", str(d), "--absorption-words", "0", "--ce-batches", "0", "--evals", "table1"]) == 2
+    assert "metrics.json is a folder" in capsys.readouterr().err and not list(d.glob("*.tmp"))
+    f = tmp_path / "afile"; f.write_text("x")
+    assert main(["eval", str(f)]) == 2 and "is a file: give a run folder" in capsys.readouterr().err
+
+
+def test_odd_config_and_source_files_are_named(tmp_path, capsys):
+    bad = tmp_path / "cfg.json"; bad.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["train", "--config", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"--config {bad} is not valid JSON" in capsys.readouterr().err
+    assert main(["capture", "--tokens", "16", "--source", "/no/such/corpus.txt"]) == 2
+    assert "No such text file or folder: /no/such/corpus.txt" in capsys.readouterr().err
+
+
+def test_a_new_run_never_writes_over_files_it_did_not_write(tmp_path, small_acts, capsys):
+    d = tmp_path / "mine"; d.mkdir(); (d / "training.png").write_text("my plot"); (d / "notes.txt").write_text("ok")
+    before = _snapshot(d)
+    assert main(_train_args(small_acts, d)) == 2
+    assert "already holds training.png, which a new run would write over" in capsys.readouterr().err and _snapshot(d) == before
+    (d / "training.png").unlink()
+    assert main(_train_args(small_acts, d)) == 0 and (d / "notes.txt").read_text() == "ok"   # other files: left alone
+
+
+def test_resume_puts_back_a_broken_config_json(tmp_path, small_acts, capsys):
+    d = tmp_path / "run"; assert main(_train_args(small_acts, d, "--stop-at", "2")) == 0
+    want = (d / "config.json").read_text(); (d / "config.json").write_text("not json")
+    assert main(_train_args(small_acts, d, "--resume")) == 0
+    assert (d / "config.json").read_text() == want                      # the checkpoint's settings, for evaluation to read
+
+
+def test_hub_downstream_offline_fails_before_table1(tmp_path, small_acts, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    d = tmp_path / "run"; assert main(_train_args(small_acts, d)) == 0
+    assert main(["eval", str(d), "--evals", "table1", "scr", "--downstream-source", "hub", "--absorption-words", "0"]) == 2
+    assert "it needs internet" in capsys.readouterr().err and not (d / "metrics.json").exists()   # nothing done first
+
+
+def test_a_broken_link_or_a_file_as_the_folder_is_named(tmp_path, small_acts, capsys):
+    dl = tmp_path / "dl"; dl.symlink_to(tmp_path / "gone")
+    assert main(_train_args(small_acts, dl)) == 2 and "which does not exist: remove the link" in capsys.readouterr().err
+    f = tmp_path / "afile"; f.write_text("x")
+    assert main(["reproduce", "smoke", "--root", str(f)]) == 2
+    assert f"--root {f} is a file" in capsys.readouterr().err and f.read_text() == "x"
