@@ -26,6 +26,8 @@ def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_pos
                 shard_rows: int = 65536) -> dict:
     "Capture `tokens` activations at `hook`, optionally write them to `out`, and return a summary."
     check_args(tokens=tokens, ctx_len=ctx_len, batch=batch, shard_rows=shard_rows)
+    if out and Path(out).is_symlink() and not Path(out).exists():
+        raise ValueError(f"--out {out} is a link to {os.readlink(out)}, which does not exist: remove the link or choose another folder.")
     if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):   # never over a user's files or a cache
         raise ValueError(f"--out {out} exists and is not an empty folder: choose a new folder (a cache that runs read must not change).")
     lm = load_model_for_hook(model, hook)

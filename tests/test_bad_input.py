@@ -347,6 +347,7 @@ def test_hub_downstream_offline_fails_before_table1(tmp_path, small_acts, capsys
 def test_a_broken_link_or_a_file_as_the_folder_is_named(tmp_path, small_acts, capsys):
     dl = tmp_path / "dl"; dl.symlink_to(tmp_path / "gone")
     assert main(_train_args(small_acts, dl)) == 2 and "which does not exist: remove the link" in capsys.readouterr().err
+    assert main(["capture", "--tokens", "16", "--out", str(dl)]) == 2 and "which does not exist: remove the link" in capsys.readouterr().err
     f = tmp_path / "afile"; f.write_text("x")
     assert main(["reproduce", "smoke", "--root", str(f)]) == 2
     assert f"--root {f} is a file" in capsys.readouterr().err and f.read_text() == "x"
