@@ -66,7 +66,7 @@ _device_arg = _argtype(lambda s: check_device(s, "device"))   # a device this ma
 
 def _given(s: str) -> str:
     "A path or name, refused when empty (it would quietly mean the current folder, or nothing)."
-    if not s.strip(): raise ValueError("empty: give a path or name, or leave the flag out.")
+    if not s.strip(): raise ValueError("empty: give a path or name.")
     return s
 _text = _argtype(_given)
 
@@ -274,6 +274,7 @@ def _train(args):
 def _doctor(args):
     if args.out and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):   # checked now, not after minutes of work
         raise ValueError(f"--out {args.out}: give a file in an existing folder (the report is written there at the end).")
+    if args.out and Path(args.out).is_symlink(): raise ValueError(f"--out {args.out} is a symbolic link: give a plain file (ortsae does not write through links).")
     rep = doctor(args.device, args.steps, [tuple(s) for s in args.size] if args.size else None, args.batch, args.out)
     print(f"doctor: every check passed on {rep['info']['name']}" + (f"; report in {args.out}" if args.out else ""))
 
@@ -338,6 +339,8 @@ def _synth(args):
     device = _device(args.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this machine has no CUDA device; use --device cpu (or auto).")
+    from ortsae.synthetic import _check_out
+    _check_out(Path(args.out or f"runs/synth-{args.world}"))            # before the world is built
     out, cfg = Path(args.out or f"runs/synth-{args.world}"), world_config(args.width, args.k, args.seeds, args.steps, args.batch_size, device=args.device)
     print(f"building the {args.world} world on {device} ...", flush=True)
     world = make_world(args.world, seed=args.world_seed, device=device); print(world, flush=True)

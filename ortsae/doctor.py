@@ -148,6 +148,9 @@ def doctor(device: str = "auto", steps: int = 200, sizes: list[tuple[int, int]] 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if steps < 2: raise ValueError(f"steps={steps}: the train/stop/resume check needs at least 2 steps.")
     sizes, batch = sizes or ([(2304, 16384), (2304, 65536)] if device.startswith("cuda") else [(256, 4096)]), batch or (4096 if device.startswith("cuda") else 1024)
+    for d, m in sizes:                                                  # the throughput check's SAEs (k = 64): checked first
+        try: Run(make_config("smoke", d_sae=m, k=64, batch_size=batch, chunk_size=min(8192, m))).check()
+        except ValueError as e: raise ValueError(f"size {d} {m} (--size D M): {e} The throughput check trains k = 64: give M > 64.") from None
     rep = dict(info=device_info(device)); log(f"device: {rep['info']}")
     with tempfile.TemporaryDirectory() as tmp:
         shards = doctor_shards(Path(tmp) / "acts", device, n_rows=steps * 512 + 20_000)

@@ -15,11 +15,12 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size, SEARCHES
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_MARK', 'RUN_FILES', 'RUN_GLOBS', 'DataConfig', 'SAEConfig',
-           'OptimConfig', 'TrainConfig', 'Check', 'check_args', 'check_values', 'check_device', 'make_config',
-           'parse_kind', 'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes',
-           'model_dtype', 'activation_source', 'atomic_save', 'check_writable', 'atomic_write_text', 'snapshot',
-           'load_snapshots', 'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run', 'finish', 'train']
+__all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_MARK', 'LOCK', 'RUN_FILES', 'RUN_GLOBS', 'DataConfig',
+           'SAEConfig', 'OptimConfig', 'TrainConfig', 'Check', 'check_args', 'check_values', 'check_device',
+           'make_config', 'parse_kind', 'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor',
+           'shard_passes', 'model_dtype', 'activation_source', 'atomic_save', 'check_writable', 'atomic_write_text',
+           'snapshot', 'load_snapshots', 'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run', 'finish',
+           'train']
 
 # %% ../nbs/04_training.ipynb #a587c512
 @dataclass
@@ -160,6 +161,8 @@ def check_values(cfg: TrainConfig):
         raise ValueError(f"train_shards={cfg.train_shards} needs a cached source ('shards:PATH'), not {cfg.source!r}.")
     if cfg.total_tokens < cfg.batch_size:
         raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch (batch_size={cfg.batch_size}).")
+    if cfg.source.startswith("shards:") and not cfg.source[len("shards:"):].strip():
+        raise ValueError("source='shards:' names no folder: give shards:PATH, a cache written by `ortsae capture --out PATH`.")
 
 # %% ../nbs/04_training.ipynb #cd9fde6e
 def check_device(name: str, what: str = "device") -> str:
@@ -498,6 +501,7 @@ def read_logs(logs: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, float]]
 
 # %% ../nbs/04_training.ipynb #52b23af8
 RUN_MARK = ".ortsae-run"   # written in every run folder ortsae starts: --overwrite clears only such folders
+LOCK = ".ortsae-lock"      # held while a process trains in the folder: a second one is refused
 RUN_FILES = [RUN_MARK, "config.json", "log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "summary.json", "training.png",
              "metrics.json", "metrics.png", "downstream.json", "features.pt", "features.html"]   # training's, then evaluation's
 RUN_GLOBS = ["saes/*/cfg.json", "saes/*/sae_weights.safetensors", "snapshots/step_*.pt"]
@@ -516,7 +520,7 @@ def _inside(run_dir: Path, p: Path) -> bool:
 
 def _clear_run(run_dir: Path) -> list[str]:
     "Remove what ortsae wrote in the run folder `run_dir` (training and evaluation), nothing else; return what is left."
-    if not run_dir.exists() or not any(run_dir.iterdir()): return []
+    if not run_dir.exists() or not any(p.name != LOCK for p in run_dir.iterdir()): return []
     if not _is_run(run_dir):
         raise ValueError(f"{run_dir} is not an ortsae run folder (no {RUN_MARK}, no training config.json), so --overwrite "
                          f"will not delete anything in it: choose another --run-dir, or empty it yourself.")
@@ -529,7 +533,7 @@ def _clear_run(run_dir: Path) -> list[str]:
     for d in [run_dir / "saes" / k for k in kinds] + [run_dir / "saes", run_dir / "snapshots"]:
         if _inside(run_dir, d) and d.is_dir() and not any(d.iterdir()): d.rmdir()   # folders ortsae's files leave empty
     (run_dir / RUN_MARK).unlink(missing_ok=True)
-    return sorted(str(q.relative_to(run_dir)) for q in run_dir.rglob("*") if q.is_file() or q.is_symlink())
+    return sorted(str(q.relative_to(run_dir)) for q in run_dir.rglob("*") if (q.is_file() or q.is_symlink()) and q.name != LOCK)
 
 # %% ../nbs/04_training.ipynb #dac5e9d4
 def _resume_state(run_dir: Path, cfg: TrainConfig) -> dict:
@@ -556,11 +560,22 @@ def _links(run_dir: Path, cfg: TrainConfig) -> list[Path]:
     names += [f"saes/{k}{f}" for k in cfg.saes for f in ("", "/cfg.json", "/sae_weights.safetensors")]
     return [run_dir / n for n in names if (run_dir / n).is_symlink()] + [p for p in (run_dir / "snapshots").glob("step_*.pt") if p.is_symlink()]
 
-def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
-    "Check the run folder; return the checkpoint to resume from, if any."
+def _lock(run_dir: Path):
+    "Create the run folder if needed and hold its lock (an open file, released when closed or when the process ends)."
     if run_dir.exists() and not run_dir.is_dir(): raise ValueError(f"{run_dir} is a file, not a folder: choose another --run-dir.")
     if run_dir.is_symlink() and not run_dir.exists():
         raise ValueError(f"{run_dir} is a link to {os.readlink(run_dir)}, which does not exist: remove the link or choose another --run-dir.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / LOCK).is_symlink(): raise ValueError(f"{run_dir / LOCK} is a symbolic link: remove it (ortsae writes that file).")
+    f = open(run_dir / LOCK, "a")
+    try: import fcntl; fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError: pass                                           # no fcntl (Windows): no lock
+    except OSError: f.close(); raise ValueError(f"Another ortsae process is training in {run_dir} (it holds {LOCK}): wait for it to "
+                                                f"finish, or choose another --run-dir.") from None
+    return f
+
+def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> dict | None:
+    "Check the (locked) run folder; return the checkpoint to resume from, if any."
     if (links := _links(run_dir, cfg)):
         raise ValueError(f"{links[0]} is a symbolic link where ortsae writes its own {links[0].name}: writing would go through it, "
                          f"outside the run. Remove the link (or choose another --run-dir); nothing was changed.")
@@ -575,7 +590,9 @@ def _prepare_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool)
     if (clash := [n for n in RUN_FILES[2:] + [f"saes/{k}" for k in cfg.saes] if (run_dir / n).exists()]):   # someone else's files
         raise ValueError(f"{run_dir} already holds {', '.join(clash)}, which a new run would write over: choose a new or empty "
                          f"--run-dir (or --overwrite, if it is an ortsae run); nothing was changed.")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not overwrite and not _is_run(run_dir) and (other := sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)):   # (--overwrite: a run's leftovers)
+        raise ValueError(f"{run_dir} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}): a new run needs a new or "
+                         f"empty --run-dir; nothing was changed.")
     if not os.access(run_dir, os.W_OK): raise PermissionError(f"{run_dir} is not writable: choose another --run-dir.")
     return None
 
@@ -605,7 +622,8 @@ def _wandb(cfg: TrainConfig, run_dir: Path):
     if not cfg.wandb: return None
     try: import wandb
     except ImportError as e: raise ValueError("wandb=True needs the wandb package: pip install wandb") from e
-    try: return wandb.init(project=cfg.wandb_project, name=run_dir.name, id=_wandb_id(run_dir), resume="allow", config=asdict(cfg))
+    try: return wandb.init(project=cfg.wandb_project, name=run_dir.name, id=_wandb_id(run_dir), resume="allow", config=asdict(cfg),
+                           dir=str(run_dir))                            # its files inside the run, not where the command ran
     except Exception as e:                                               # no login, no network, a bad project name...
         raise ValueError(f"Weights & Biases could not start ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}): "
                          f"run `wandb login` (or set WANDB_MODE=offline), or train without --wandb.") from None
@@ -614,9 +632,10 @@ def _wandb(cfg: TrainConfig, run_dir: Path):
 def _start(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, run_cls: type | None = None) -> Run:
     "A run ready to step: folder checked, then restored from its checkpoint or set up afresh (`b_dec` at a sample's median)."
     run = (run_cls or Run)(cfg, run_dir)
+    run.lock = _lock(run_dir) if run.is_main else None                 # one process trains in a folder at a time
     if run.is_main: state = _prepare_dir(run_dir, cfg, resume, overwrite)   # other processes only read the checkpoint
     else: state = load_checkpoint(run_dir / "checkpoint.pt", cfg) if resume else None
-    if state: run = run.restore(state); run.wb = _wandb(cfg, run_dir) if run.is_main else None; return run
+    if state: lock = run.lock; run = run.restore(state); run.lock, run.wb = lock, _wandb(cfg, run_dir) if run.is_main else None; return run
     run.setup()
     run.wb = _wandb(cfg, run_dir) if run.is_main else None   # before the mark: a run whose W&B cannot start leaves none
     if run.is_main: _mark_run(run_dir, cfg)        # the source and SAEs are ready: now it is a run
@@ -693,10 +712,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite
     "Train every SAE in `cfg.saes` on one activation stream; write logs, checkpoints and the final SAEs to `run_dir`."
     from tqdm.auto import tqdm
     check_values(cfg); check_device(cfg.device)                        # a config built in Python is checked too
-    run_dir = Path(run_dir); run = _start(cfg, run_dir, resume, overwrite, run_cls)
+    run_dir = Path(run_dir); new, had_lock = not run_dir.exists() and not run_dir.is_symlink(), (run_dir / LOCK).exists()
+    try: run = _start(cfg, run_dir, resume, overwrite, run_cls)
+    except Exception:                                                   # a run that cannot start leaves the folder as it was
+        if not had_lock and (run_dir / LOCK).is_file() and not (run_dir / LOCK).is_symlink(): (run_dir / LOCK).unlink()
+        if new and run_dir.is_dir() and not any(run_dir.iterdir()): run_dir.rmdir()
+        raise
     wb, end = run.wb, run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     bar = tqdm(total=run.total_steps, initial=run.step, unit="step", disable=not (progress and run.is_main), dynamic_ncols=True)
     with open(run_dir / "log.jsonl", "a") if run.is_main else open(os.devnull, "w") as log: ran_out = _steps(run, end, log, wb, bar)
     bar.close()
     if (run.step >= run.total_steps or ran_out) and run.is_main: finish(run)
+    if run.lock: run.lock.close()                                      # (also closed when the process ends)
     return run

@@ -327,7 +327,25 @@ def test_a_new_run_never_writes_over_files_it_did_not_write(tmp_path, small_acts
     assert main(_train_args(small_acts, d)) == 2
     assert "already holds training.png, which a new run would write over" in capsys.readouterr().err and _snapshot(d) == before
     (d / "training.png").unlink()
-    assert main(_train_args(small_acts, d)) == 0 and (d / "notes.txt").read_text() == "ok"   # other files: left alone
+    assert main(_train_args(small_acts, d)) == 2                          # any other file: a new run needs a new or empty folder
+    assert "holds other files (notes.txt): a new run needs a new or empty --run-dir" in capsys.readouterr().err
+    assert (d / "notes.txt").read_text() == "ok" and sorted(p.name for p in d.iterdir()) == ["notes.txt"]   # as it was
+
+
+def test_two_processes_never_train_in_one_folder(tmp_path, small_acts, capsys):
+    from ortsae.train import _lock
+    d = tmp_path / "run"; held = _lock(d)                                 # as if another process were training there
+    assert main(_train_args(small_acts, d)) == 2
+    assert "Another ortsae process is training in" in capsys.readouterr().err and not (d / "config.json").exists()
+    held.close()
+    assert main(_train_args(small_acts, d)) == 0
+
+
+def test_a_failed_start_leaves_no_empty_folder_and_doctor_sizes_are_checked_first(tmp_path, small_acts, capsys):
+    assert main(_train_args(small_acts, tmp_path / "n", "--saes", "foo")) == 2 and not (tmp_path / "n").exists()
+    assert main(["doctor", "--device", "cpu", "--steps", "2", "--size", "16", "32", "--batch", "64"]) == 2
+    assert "size 16 32 (--size D M): k=64 is larger than the dictionary" in capsys.readouterr().err
+    assert main(_train_args("", tmp_path / "e")) == 2 and "source='shards:' names no folder" in capsys.readouterr().err
 
 
 def test_resume_puts_back_a_broken_config_json(tmp_path, small_acts, capsys):
