@@ -8,7 +8,7 @@ import argparse, dataclasses, json, os, sys, time, typing
 from pathlib import Path
 import torch
 from .activations import OFFLINE_MODEL, load_model_for_hook, activation_stream, norm_scaling_factor, write_shards
-from .train import TrainConfig, PRESETS, CHECKS, Check, check_args, make_config, train, check_device, check_writable, atomic_write_text
+from .train import TrainConfig, PRESETS, CHECKS, Check, check_args, make_config, train, check_device, check_writable, atomic_write_text, check_link
 from .metrics import evaluate_run, table1
 from .downstream import EVALS, SIZES, evaluate_downstream, downstream_table, check_hub
 from .features import run_features, latent_card, card_text, cards_html, decompose, decomposition_summary
@@ -26,8 +26,7 @@ def capture_cmd(model: str = OFFLINE_MODEL, hook: str = "blocks.6.hook_resid_pos
                 shard_rows: int = 65536) -> dict:
     "Capture `tokens` activations at `hook`, optionally write them to `out`, and return a summary."
     check_args(tokens=tokens, ctx_len=ctx_len, batch=batch, shard_rows=shard_rows)
-    if out and Path(out).is_symlink() and not Path(out).exists():
-        raise ValueError(f"--out {out} is a link to {os.readlink(out)}, which does not exist: remove the link or choose another folder.")
+    if out: check_link(out, "--out")
     if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):   # never over a user's files or a cache
         raise ValueError(f"--out {out} exists and is not an empty folder: choose a new folder (a cache that runs read must not change).")
     lm = load_model_for_hook(model, hook)
@@ -340,8 +339,8 @@ def _synth(args):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this machine has no CUDA device; use --device cpu (or auto).")
     from ortsae.synthetic import _check_out
-    _check_out(Path(args.out or f"runs/synth-{args.world}"))            # before the world is built
-    out, cfg = Path(args.out or f"runs/synth-{args.world}"), world_config(args.width, args.k, args.seeds, args.steps, args.batch_size, device=args.device)
+    out = Path(args.out or f"runs/synth-{args.world}"); _check_out(out)   # before the world is built
+    cfg = world_config(args.width, args.k, args.seeds, args.steps, args.batch_size, device=args.device)
     print(f"building the {args.world} world on {device} ...", flush=True)
     world = make_world(args.world, seed=args.world_seed, device=device); print(world, flush=True)
     hist = world_experiment(world, cfg, out, args.evals, args.eval_samples)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .sae import explained_variance
 from .orthogonality import full_penalty, random_max_cos
-from .train import make_config, Run, atomic_save, load_checkpoint
+from .train import make_config, Run, atomic_save, load_checkpoint, check_link
 from .metrics import mean_cos_sim
 from .activations import norm_scaling_factor
 
@@ -491,7 +491,7 @@ def world_config(width: int = 1024, k: int = 6, seeds: int = 8, steps: int = 600
 # %% ../nbs/11_synthetic.ipynb #7a42dc65
 def _check_out(out: Path):
     "Refuse a run folder that is a file, or that holds files but no `world.json` (a synthetic run writes it first)."
-    if out.is_symlink() and not out.exists(): raise ValueError(f"{out} is a link to {os.readlink(out)}, which does not exist: remove it or choose another folder.")
+    check_link(out, "--out")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "world.json").exists())):
         raise ValueError(f"{out} is {'a file' if not out.is_dir() else 'a folder of other files (no world.json)'}: a synthetic run "
                          f"writes history.json, report.md, curves.png and checkpoint.pt there; choose a new or empty folder.")

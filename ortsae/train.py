@@ -15,10 +15,10 @@ from .sae import BatchTopKSAE, MatryoshkaSAE, check_sizes
 from .orthogonality import OrtSAE, OrtMatryoshkaSAE, check_chunk_size, SEARCHES
 
 # %% auto #0
-__all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_MARK', 'LOCK', 'RUN_FILES', 'RUN_GLOBS', 'DataConfig',
-           'SAEConfig', 'OptimConfig', 'TrainConfig', 'Check', 'check_args', 'check_values', 'check_device',
-           'make_config', 'parse_kind', 'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor',
-           'shard_passes', 'model_dtype', 'activation_source', 'atomic_save', 'check_writable', 'atomic_write_text',
+__all__ = ['PRESETS', 'CHECKS', 'SAE_KINDS', 'STEP_BYTES', 'RUN_MARK', 'LOCK', 'RUN_FILES', 'DataConfig', 'SAEConfig',
+           'OptimConfig', 'TrainConfig', 'Check', 'check_args', 'check_values', 'check_device', 'make_config',
+           'parse_kind', 'build_sae', 'memory_needed', 'uses_autocast', 'check_memory', 'lr_factor', 'shard_passes',
+           'model_dtype', 'activation_source', 'atomic_save', 'atomic_write_text', 'check_writable', 'check_link',
            'snapshot', 'load_snapshots', 'StepTimer', 'Run', 'load_checkpoint', 'read_logs', 'plot_run', 'finish',
            'train']
 
@@ -318,6 +318,15 @@ def atomic_save(obj, path: Path):
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
+def atomic_write_text(path: Path, text: str):
+    "Write `text` to `path` via a temporary file and an atomic rename (a crash leaves the old file or the new, never half)."
+    path = Path(path); tmp = path.with_name(path.name + ".tmp")
+    try: tmp.write_text(text); os.replace(tmp, path)
+    except OSError as e:
+        if tmp.is_file() and not tmp.is_symlink(): tmp.unlink()       # ortsae's own temporary file, not left behind
+        raise OSError(e.errno, e.strerror, str(path)) from None      # the file at fault is `path`
+
+# %% ../nbs/04_training.ipynb #2265fa8d
 def check_writable(*paths: Path):
     "Before the work: each file can be written (not a folder, not read-only, in a writable folder), or an error naming it."
     for p in map(Path, paths):
@@ -326,13 +335,10 @@ def check_writable(*paths: Path):
         if f.exists() and not os.access(f, os.W_OK):                  # (a folder that does not exist is named by what reads it)
             raise PermissionError(f"{f} is read-only, and ortsae writes {p.name} there: make it writable (chmod u+w) or copy the run elsewhere.")
 
-def atomic_write_text(path: Path, text: str):
-    "Write `text` to `path` via a temporary file and an atomic rename (a crash leaves the old file or the new, never half)."
-    path = Path(path); tmp = path.with_name(path.name + ".tmp")
-    try: tmp.write_text(text); os.replace(tmp, path)
-    except OSError as e:
-        if tmp.is_file() and not tmp.is_symlink(): tmp.unlink()       # ortsae's own temporary file, not left behind
-        raise OSError(e.errno, e.strerror, str(path)) from None      # the file at fault is `path`
+def check_link(p: Path, flag: str = "--run-dir"):
+    "Refuse `p` if it is a link to nothing (writing there would create the link's target, somewhere else)."
+    if Path(p).is_symlink() and not Path(p).exists():
+        raise ValueError(f"{p} is a link to {os.readlink(p)}, which does not exist: remove the link or choose another {flag}.")
 
 # %% ../nbs/04_training.ipynb #92dd49dd
 def snapshot(saes: dict, step: int, tokens: int, run_dir: Path):
@@ -504,7 +510,6 @@ RUN_MARK = ".ortsae-run"   # written in every run folder ortsae starts: --overwr
 LOCK = ".ortsae-lock"      # held while a process trains in the folder: a second one is refused
 RUN_FILES = [RUN_MARK, "config.json", "log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "summary.json", "training.png",
              "metrics.json", "metrics.png", "downstream.json", "features.pt", "features.html"]   # training's, then evaluation's
-RUN_GLOBS = ["saes/*/cfg.json", "saes/*/sae_weights.safetensors", "snapshots/step_*.pt"]
 
 def _is_run(run_dir: Path) -> bool:
     "Did ortsae start this folder's run? Its mark, or (runs older than the mark) a full training config and a log."
@@ -563,8 +568,7 @@ def _links(run_dir: Path, cfg: TrainConfig) -> list[Path]:
 def _lock(run_dir: Path):
     "Create the run folder if needed and hold its lock (an open file, released when closed or when the process ends)."
     if run_dir.exists() and not run_dir.is_dir(): raise ValueError(f"{run_dir} is a file, not a folder: choose another --run-dir.")
-    if run_dir.is_symlink() and not run_dir.exists():
-        raise ValueError(f"{run_dir} is a link to {os.readlink(run_dir)}, which does not exist: remove the link or choose another --run-dir.")
+    check_link(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / LOCK).is_symlink(): raise ValueError(f"{run_dir / LOCK} is a symbolic link: remove it (ortsae writes that file).")
     f = open(run_dir / LOCK, "a")
@@ -635,7 +639,7 @@ def _start(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, run_c
     run.lock = _lock(run_dir) if run.is_main else None                 # one process trains in a folder at a time
     if run.is_main: state = _prepare_dir(run_dir, cfg, resume, overwrite)   # other processes only read the checkpoint
     else: state = load_checkpoint(run_dir / "checkpoint.pt", cfg) if resume else None
-    if state: lock = run.lock; run = run.restore(state); run.lock, run.wb = lock, _wandb(cfg, run_dir) if run.is_main else None; return run
+    if state: run.restore(state); run.wb = _wandb(cfg, run_dir) if run.is_main else None; return run
     run.setup()
     run.wb = _wandb(cfg, run_dir) if run.is_main else None   # before the mark: a run whose W&B cannot start leaves none
     if run.is_main: _mark_run(run_dir, cfg)        # the source and SAEs are ready: now it is a run
